@@ -1,0 +1,381 @@
+//! Keys: `json.dumps([metric_name, sample_name, labels, help_text], sort_keys=True)`.
+//!
+//! Python writes every key with its `json` module's defaults: ASCII-only output (other
+//! characters as `\uXXXX` escapes in lower-case hex, characters beyond the Basic Multilingual
+//! Plane as surrogate pairs), the separators `", "` and `": "`, and label names sorted by code
+//! point. [`encode_key`] writes exactly those bytes; [`decode_key`] reads any JSON text of that
+//! shape, whatever its spacing or escapes, and rejects everything else with a [`KeyError`].
+
+use std::fmt;
+
+/// A decoded key: which family and sample a value belongs to, its labels and the help text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The family name (`requests` for a counter whose samples are `requests_total`).
+    pub metric: String,
+    /// The sample name (`requests_total`, `latency_bucket`, `latency_sum`, ...).
+    pub sample: String,
+    /// Label names and values, sorted by name, names unique.
+    pub labels: Vec<(String, String)>,
+    /// The help text of the family.
+    pub help: String,
+}
+
+/// Why a key could not be decoded, with the byte offset inside the key where it went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyError {
+    /// Byte offset inside the key.
+    pub offset: usize,
+    /// What is wrong there.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid key at byte {}: {}", self.offset, self.reason)
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Encodes a key exactly as Python's `mmap_key` does.
+///
+/// Labels are sorted by name; when a name repeats, the last value wins (as `dict(zip(...))`).
+///
+/// ```
+/// use prometheus_multiproc_format::key::encode_key;
+/// let k = encode_key("h", "h_bucket", &[("le", "+Inf"), ("b", "é\n\"")], "Help 😀");
+/// assert_eq!(k, r#"["h", "h_bucket", {"b": "\u00e9\n\"", "le": "+Inf"}, "Help \ud83d\ude00"]"#);
+/// ```
+pub fn encode_key<N: AsRef<str>, V: AsRef<str>>(
+    metric: &str,
+    sample: &str,
+    labels: &[(N, V)],
+    help: &str,
+) -> String {
+    let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(labels.len());
+    for (n, v) in labels {
+        let (n, v) = (n.as_ref(), v.as_ref());
+        match sorted.iter_mut().find(|(name, _)| *name == n) {
+            Some(slot) => slot.1 = v,
+            None => sorted.push((n, v)),
+        }
+    }
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = String::with_capacity(
+        16 + metric.len()
+            + sample.len()
+            + help.len()
+            + sorted
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 8)
+                .sum::<usize>(),
+    );
+    out.push('[');
+    write_json_string(&mut out, metric);
+    out.push_str(", ");
+    write_json_string(&mut out, sample);
+    out.push_str(", {");
+    for (i, (n, v)) in sorted.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        write_json_string(&mut out, n);
+        out.push_str(": ");
+        write_json_string(&mut out, v);
+    }
+    out.push_str("}, ");
+    write_json_string(&mut out, help);
+    out.push(']');
+    out
+}
+
+/// Appends `s` as a JSON string the way Python's `json.dumps` writes it with `ensure_ascii=True`.
+pub fn write_json_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str("\\u");
+                    for shift in [12, 8, 4, 0] {
+                        out.push(HEX[((*unit >> shift) & 0xf) as usize] as char);
+                    }
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// Decodes a key written by Python (or by [`encode_key`]).
+///
+/// ```
+/// use prometheus_multiproc_format::key::decode_key;
+/// let k = decode_key(br#"["x", "x_total", {"a": "\u00e9"}, "Help."]"#).unwrap();
+/// assert_eq!(k.metric, "x");
+/// assert_eq!(k.labels, vec![("a".to_string(), "é".to_string())]);
+/// assert!(decode_key(b"[\"x\"").is_err());
+/// ```
+pub fn decode_key(bytes: &[u8]) -> Result<Key, KeyError> {
+    let mut p = Parser { b: bytes, pos: 0 };
+    p.ws();
+    p.expect(b'[')?;
+    let metric = p.string()?;
+    p.comma()?;
+    let sample = p.string()?;
+    p.comma()?;
+    p.ws();
+    p.expect(b'{')?;
+    let mut labels: Vec<(String, String)> = Vec::new();
+    p.ws();
+    if p.peek() == Some(b'}') {
+        p.pos += 1;
+    } else {
+        loop {
+            let name = p.string()?;
+            p.ws();
+            p.expect(b':')?;
+            let value = p.string()?;
+            // A repeated name keeps the last value, as Python's dict does.
+            match labels.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => labels.push((name, value)),
+            }
+            p.ws();
+            match p.next() {
+                Some(b',') => continue,
+                Some(b'}') => break,
+                _ => return Err(p.err(p.pos.saturating_sub(1), "expected ',' or '}' in labels")),
+            }
+        }
+    }
+    p.comma()?;
+    let help = p.string()?;
+    p.ws();
+    p.expect(b']')?;
+    p.ws();
+    if p.pos != bytes.len() {
+        return Err(p.err(p.pos, "trailing bytes after the key"));
+    }
+    if !labels.windows(2).all(|w| w[0].0 < w[1].0) {
+        labels.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    Ok(Key {
+        metric,
+        sample,
+        labels,
+        help,
+    })
+}
+
+struct Parser<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn err(&self, offset: usize, reason: &'static str) -> KeyError {
+        KeyError { offset, reason }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.pos).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek();
+        if c.is_some() {
+            self.pos += 1;
+        }
+        c
+    }
+
+    fn ws(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.pos += 1;
+        }
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), KeyError> {
+        match self.peek() {
+            Some(x) if x == c => {
+                self.pos += 1;
+                Ok(())
+            }
+            None => Err(self.err(self.pos, "key ends too early")),
+            Some(_) => Err(self.err(
+                self.pos,
+                match c {
+                    b'[' => "expected '['",
+                    b']' => "expected ']'",
+                    b'{' => "expected '{'",
+                    b':' => "expected ':'",
+                    b'"' => "expected a string",
+                    _ => "unexpected character",
+                },
+            )),
+        }
+    }
+
+    fn comma(&mut self) -> Result<(), KeyError> {
+        self.ws();
+        self.expect(b',')
+    }
+
+    fn hex4(&mut self) -> Result<u16, KeyError> {
+        let start = self.pos;
+        let digits = self
+            .b
+            .get(start..start + 4)
+            .ok_or_else(|| self.err(start, "truncated \\u escape"))?;
+        let mut v: u16 = 0;
+        for &d in digits {
+            let n = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => return Err(self.err(start, "invalid \\u escape")),
+            };
+            v = (v << 4) | u16::from(n);
+        }
+        self.pos += 4;
+        Ok(v)
+    }
+
+    fn string(&mut self) -> Result<String, KeyError> {
+        self.ws();
+        self.expect(b'"')?;
+        let mut out = String::new();
+        loop {
+            // Copy the run of plain bytes up to the next quote, backslash or control byte.
+            let start = self.pos;
+            let rest = &self.b[start.min(self.b.len())..];
+            let run = rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(rest.len());
+            if run > 0 {
+                let s = std::str::from_utf8(&rest[..run])
+                    .map_err(|e| self.err(start + e.valid_up_to(), "invalid UTF-8"))?;
+                out.push_str(s);
+                self.pos += run;
+            }
+            match self.next() {
+                None => return Err(self.err(self.pos, "unterminated string")),
+                Some(b'"') => return Ok(out),
+                Some(b'\\') => {
+                    let at = self.pos - 1;
+                    let c = match self.next() {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => {
+                            let hi = self.hex4()?;
+                            if (0xd800..0xdc00).contains(&hi) {
+                                if self.b.get(self.pos..self.pos + 2) != Some(b"\\u") {
+                                    return Err(self.err(at, "lone surrogate in \\u escape"));
+                                }
+                                self.pos += 2;
+                                let lo = self.hex4()?;
+                                if !(0xdc00..0xe000).contains(&lo) {
+                                    return Err(self.err(at, "lone surrogate in \\u escape"));
+                                }
+                                let cp = 0x10000
+                                    + ((u32::from(hi) - 0xd800) << 10)
+                                    + (u32::from(lo) - 0xdc00);
+                                char::from_u32(cp)
+                                    .ok_or_else(|| self.err(at, "invalid \\u escape"))?
+                            } else {
+                                char::from_u32(u32::from(hi))
+                                    .ok_or_else(|| self.err(at, "lone surrogate in \\u escape"))?
+                            }
+                        }
+                        _ => return Err(self.err(at, "invalid escape")),
+                    };
+                    out.push(c);
+                }
+                Some(_) => return Err(self.err(self.pos - 1, "control character in string")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_like_python() {
+        assert_eq!(
+            encode_key(
+                "http_requests",
+                "http_requests_total",
+                &[("path", "/users/{id}"), ("method", "GET")],
+                "Requests."
+            ),
+            r#"["http_requests", "http_requests_total", {"method": "GET", "path": "/users/{id}"}, "Requests."]"#
+        );
+        assert_eq!(
+            encode_key::<&str, &str>("a", "a", &[], "\u{0}\u{1f}\u{7f}\t"),
+            r#"["a", "a", {}, "\u0000\u001f\u007f\t"]"#
+        );
+    }
+
+    #[test]
+    fn repeated_label_name_keeps_last_value() {
+        assert_eq!(
+            encode_key("a", "a", &[("x", "1"), ("x", "2")], ""),
+            r#"["a", "a", {"x": "2"}, ""]"#
+        );
+    }
+
+    #[test]
+    fn decode_round_trips_and_accepts_other_spacing() {
+        let k = decode_key(b" [ \"m\",\"s\" ,{\"b\":\"2\",\"a\":\"\\ud83d\\ude00\\/\"}, \"h\" ] ")
+            .unwrap();
+        assert_eq!(k.metric, "m");
+        assert_eq!(k.sample, "s");
+        assert_eq!(
+            k.labels,
+            vec![("a".into(), "😀/".into()), ("b".into(), "2".into())]
+        );
+        assert_eq!(k.help, "h");
+    }
+
+    #[test]
+    fn rejects_malformed_keys_with_offsets() {
+        for bad in [
+            &b""[..],
+            b"[",
+            b"[\"a\", \"b\", {}, \"c\"",
+            b"[\"a\", \"b\", {}, \"c\"] x",
+            b"[\"a\", \"b\", {\"x\": 1}, \"c\"]",
+            b"[\"a\", \"b\", {}, \"\\ud800\"]",
+            b"[\"a\", \"b\", {}, \"\\udc00\"]",
+            b"[\"a\", \"b\", {}, \"\\u12\"]",
+            b"[\"a\", \"b\", {}, \"\xff\"]",
+            b"[\"a\", \"b\", {}, \"\n\"]",
+            b"[\"a\", \"b\", {}, \"\\q\"]",
+            b"[\"a\", \"b\", {,}, \"c\"]",
+        ] {
+            let e = decode_key(bad).unwrap_err();
+            assert!(e.offset <= bad.len(), "{e} for {bad:?}");
+        }
+    }
+}

@@ -1,0 +1,798 @@
+//! Reading and merging a multiprocess directory into metric families.
+//!
+//! The merge follows Python's `MultiProcessCollector`: counters and summaries are summed;
+//! histogram buckets are summed per label set, then accumulated in numeric `le` order, with
+//! `_count` the total; gauges are merged by their file's mode (`all`/`liveall` keep one sample per
+//! process with a `pid` label; `min`, `max`, `sum` and `mostrecent`, live or not, drop it).
+//!
+//! Unlike Python, a bad file is left out and reported instead of failing the whole scrape, and
+//! the output is sorted, so two scrapes of the same directory are byte-identical: families by
+//! name; samples by labels, then name; histogram buckets by numeric `le`, then `_count`, then
+//! the other samples of the same labels.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
+use prometheus_multiproc_format::float::go_float;
+use prometheus_multiproc_format::key::{decode_key, Key, KeyError};
+use prometheus_multiproc_format::layout::{self, Entry, LayoutError};
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+
+/// One merged metric family: the unit an encoder writes under one `# HELP` and `# TYPE`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricFamily {
+    /// The family name as stored in the keys (`requests` for samples named `requests_total`).
+    pub name: String,
+    /// The help text.
+    pub help: String,
+    /// The metric type.
+    pub kind: MetricType,
+    /// The samples, in the order they are written.
+    pub samples: Vec<Sample>,
+}
+
+/// One merged sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The sample name (`requests_total`, `latency_bucket`, ...).
+    pub name: String,
+    /// Label names and values, sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// The value.
+    pub value: f64,
+}
+
+/// Why a file was left out of a scrape. Its [`as_str`](BadFileReason::as_str) is the `reason`
+/// label of the `prometheus_multiproc_bad_files` gauge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BadFileReason {
+    /// A 0-byte file.
+    Empty,
+    /// Shorter than its header says (or than a header).
+    Truncated,
+    /// Bytes or keys that are not in the format.
+    Corrupt,
+    /// The file could not be opened or read (permissions, I/O error, vanished).
+    Unreadable,
+    /// A `*.db` name that is not `counter_`, `gauge_{mode}_`, `histogram_` or `summary_`.
+    UnknownType,
+    /// A directory or other non-file named `*.db`.
+    NotAFile,
+}
+
+impl BadFileReason {
+    /// Every reason, in label order.
+    pub const ALL: [BadFileReason; 6] = [
+        BadFileReason::Corrupt,
+        BadFileReason::Empty,
+        BadFileReason::NotAFile,
+        BadFileReason::Truncated,
+        BadFileReason::UnknownType,
+        BadFileReason::Unreadable,
+    ];
+
+    /// The label value: `empty`, `truncated`, `corrupt`, `unreadable`, `unknown_type`, `not_a_file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadFileReason::Empty => "empty",
+            BadFileReason::Truncated => "truncated",
+            BadFileReason::Corrupt => "corrupt",
+            BadFileReason::Unreadable => "unreadable",
+            BadFileReason::UnknownType => "unknown_type",
+            BadFileReason::NotAFile => "not_a_file",
+        }
+    }
+}
+
+impl fmt::Display for BadFileReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A file left out of a scrape: which one, why, and where in it the problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFile {
+    /// The file's path.
+    pub path: PathBuf,
+    /// The kind of problem.
+    pub reason: BadFileReason,
+    /// The byte offset of the problem, when it is inside the file's bytes.
+    pub offset: Option<usize>,
+    /// A message naming the problem.
+    pub message: String,
+}
+
+impl fmt::Display for BadFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// The directory itself could not be read: nothing can be served.
+#[derive(Debug)]
+pub struct CollectError {
+    /// The directory.
+    pub dir: PathBuf,
+    /// What went wrong.
+    pub source: io::Error,
+}
+
+impl fmt::Display for CollectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot read multiprocess directory {}: {}",
+            self.dir.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for CollectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The environment variable naming the multiprocess directory.
+pub const DIR_ENV: &str = "PROMETHEUS_MULTIPROC_DIR";
+/// The deprecated lower-case spelling Python still honours.
+pub const LEGACY_DIR_ENV: &str = "prometheus_multiproc_dir";
+
+/// The directory named by `PROMETHEUS_MULTIPROC_DIR` (or, with a deprecation warning logged, the
+/// legacy `prometheus_multiproc_dir`), if either is set and non-empty.
+pub fn dir_from_env() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) {
+        return Some(d.into());
+    }
+    let legacy = std::env::var_os(LEGACY_DIR_ENV).filter(|d| !d.is_empty())?;
+    log::warn!("{LEGACY_DIR_ENV} is deprecated, set {DIR_ENV} instead");
+    Some(legacy.into())
+}
+
+/// The name of the gauge this crate adds to every scrape, counting bad files by reason.
+pub const BAD_FILES_METRIC: &str = "prometheus_multiproc_bad_files";
+
+/// The result of one scrape of a directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scrape {
+    /// The merged families, sorted by name (with samples in a stable order), including the
+    /// `prometheus_multiproc_bad_files` gauge unless turned off.
+    pub families: Vec<MetricFamily>,
+    /// The files left out, sorted by path.
+    pub bad_files: Vec<BadFile>,
+    /// How many files were merged.
+    pub files_read: usize,
+}
+
+/// Reads and merges a multiprocess directory, as Python's `MultiProcessCollector` does.
+///
+/// A bad file (empty, truncated, corrupt, unreadable, of an unknown type) never fails the scrape:
+/// it is left out whole, logged at `warn` level, listed in [`Scrape::bad_files`] and counted in the
+/// `prometheus_multiproc_bad_files` gauge. Only a directory that cannot be listed is an error.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    dir: PathBuf,
+    self_metrics: bool,
+}
+
+impl Collector {
+    /// A collector of the directory `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Collector {
+        Collector {
+            dir: dir.into(),
+            self_metrics: true,
+        }
+    }
+
+    /// A collector of the directory named by `PROMETHEUS_MULTIPROC_DIR` (see [`dir_from_env`]).
+    pub fn from_env() -> Result<Collector, CollectError> {
+        dir_from_env()
+            .map(Collector::new)
+            .ok_or_else(|| CollectError {
+                dir: PathBuf::new(),
+                source: io::Error::new(io::ErrorKind::NotFound, format!("{DIR_ENV} is not set")),
+            })
+    }
+
+    /// Whether to add the `prometheus_multiproc_bad_files` gauge to each scrape (default: yes).
+    pub fn self_metrics(mut self, on: bool) -> Collector {
+        self.self_metrics = on;
+        self
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every `*.db` file of the directory and merges them.
+    pub fn collect(&self) -> Result<Scrape, CollectError> {
+        let err = |source| CollectError {
+            dir: self.dir.clone(),
+            source,
+        };
+        let mut paths = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let name = entry.file_name();
+            let bytes = name.as_encoded_bytes();
+            // Python globs `*.db`, which skips hidden files.
+            if bytes.ends_with(b".db") && !bytes.starts_with(b".") {
+                paths.push(entry.path());
+            }
+        }
+        paths.sort();
+        let inputs: Vec<(PathBuf, Result<Vec<u8>, io::Error>)> = paths
+            .into_par_iter()
+            .map(|p| {
+                let bytes = fs::read(&p);
+                (p, bytes)
+            })
+            .collect();
+        let mut merge = Merge::default();
+        let mut bad_files = Vec::new();
+        for (path, bytes) in &inputs {
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let name = match FileName::parse(&file_name) {
+                Ok(n) => n,
+                Err(e) => {
+                    bad_files.push(BadFile {
+                        path: path.clone(),
+                        reason: BadFileReason::UnknownType,
+                        offset: None,
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && name.mode.is_some_and(GaugeMode::is_live) =>
+                {
+                    // Removed by mark_process_dead between listing and reading, as Python allows.
+                    continue;
+                }
+                Err(e) => {
+                    let reason = if e.kind() == io::ErrorKind::IsADirectory {
+                        BadFileReason::NotAFile
+                    } else {
+                        BadFileReason::Unreadable
+                    };
+                    bad_files.push(BadFile {
+                        path: path.clone(),
+                        reason,
+                        offset: None,
+                        message: format!("cannot read file: {e}"),
+                    });
+                    continue;
+                }
+            };
+            merge.inputs.push(Input {
+                name,
+                bytes: bytes.as_slice(),
+                path: path.as_path(),
+            });
+        }
+        let merged = merge.inputs.len();
+        let (families, mut more_bad) = merge.run();
+        let files_read = merged - more_bad.len();
+        bad_files.append(&mut more_bad);
+        bad_files.sort_by(|a, b| a.path.cmp(&b.path));
+        for bad in &bad_files {
+            log::warn!("skipped bad multiprocess file {bad}");
+        }
+        let mut scrape = Scrape {
+            families,
+            bad_files,
+            files_read,
+        };
+        if self.self_metrics {
+            let family = bad_files_family(&scrape.bad_files);
+            let at = scrape
+                .families
+                .partition_point(|f| f.name.as_str() < family.name.as_str());
+            scrape.families.insert(at, family);
+        }
+        Ok(scrape)
+    }
+}
+
+fn bad_files_family(bad: &[BadFile]) -> MetricFamily {
+    MetricFamily {
+        name: BAD_FILES_METRIC.to_owned(),
+        help: "Files of the multiprocess directory left out of this scrape, by reason.".to_owned(),
+        kind: MetricType::Gauge,
+        samples: BadFileReason::ALL
+            .iter()
+            .map(|r| Sample {
+                name: BAD_FILES_METRIC.to_owned(),
+                labels: vec![("reason".to_owned(), r.as_str().to_owned())],
+                value: bad.iter().filter(|b| b.reason == *r).count() as f64,
+            })
+            .collect(),
+    }
+}
+
+/// Merges the bytes of files, as read from a directory.
+///
+/// This is the whole merge, over plain byte slices: [`Collector::collect`] lists and reads the
+/// files, then calls it.
+///
+/// ```
+/// use prometheus_multiproc::collector::merge_files;
+/// use prometheus_multiproc::format::{key::encode_key, layout::write_file};
+///
+/// let key = encode_key("temp", "temp", &[] as &[(&str, &str)], "Temperature.");
+/// let a = write_file([(key.as_bytes(), 20.0, 0.0)]);
+/// let b = write_file([(key.as_bytes(), 25.0, 0.0)]);
+/// let (families, bad) = merge_files(&[("gauge_max_1.db", &a[..]), ("gauge_max_2.db", &b[..])]);
+/// assert!(bad.is_empty());
+/// assert_eq!(families[0].samples[0].value, 25.0);
+/// ```
+pub fn merge_files(files: &[(&str, &[u8])]) -> (Vec<MetricFamily>, Vec<BadFile>) {
+    let mut merge = Merge::default();
+    let mut bad_files = Vec::new();
+    for (file_name, bytes) in files {
+        match FileName::parse(file_name) {
+            Ok(name) => merge.inputs.push(Input {
+                name,
+                bytes,
+                path: Path::new(file_name),
+            }),
+            Err(e) => bad_files.push(BadFile {
+                path: PathBuf::from(file_name),
+                reason: BadFileReason::UnknownType,
+                offset: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+    let (families, mut more) = merge.run();
+    bad_files.append(&mut more);
+    (families, bad_files)
+}
+
+/// One file to merge.
+struct Input<'a> {
+    name: FileName,
+    bytes: &'a [u8],
+    path: &'a Path,
+}
+
+#[derive(Default)]
+struct Merge<'a> {
+    inputs: Vec<Input<'a>>,
+}
+
+/// An entry of a file whose layout checked out; `key` is an index into the distinct keys.
+struct RawEntry {
+    offset: usize,
+    key: u32,
+    value: f64,
+    timestamp: f64,
+}
+
+/// A decoded key with what the merge needs precomputed.
+struct Decoded {
+    key: Key,
+    /// The numeric `le` label, if the key has an `le` label that parses as a float.
+    le: Option<f64>,
+    /// Whether the key has an `le` label at all.
+    has_le: bool,
+}
+
+fn parse_le(s: &str) -> Option<f64> {
+    // Python's float(): surrounding whitespace allowed, `+Inf`/`inf`/`nan` in any case.
+    s.trim().parse::<f64>().ok()
+}
+
+impl Decoded {
+    fn new(raw: &[u8]) -> Result<Decoded, KeyError> {
+        let key = decode_key(raw)?;
+        let le_label = key.labels.iter().find(|(n, _)| n == "le");
+        Ok(Decoded {
+            has_le: le_label.is_some(),
+            le: le_label.and_then(|(_, v)| parse_le(v)),
+            key,
+        })
+    }
+}
+
+/// Where an entry's value goes.
+#[derive(Clone, Copy)]
+enum Target {
+    Series(u32, u32),
+    Bucket(u32, u32, u32),
+}
+
+#[derive(Clone, Copy)]
+struct Acc {
+    value: f64,
+    timestamp: f64,
+    set: bool,
+}
+
+struct SeriesAcc {
+    name: String,
+    labels: Vec<(String, String)>,
+    acc: Acc,
+}
+
+struct BucketGroup {
+    labels: Vec<(String, String)>,
+    buckets: Vec<(f64, f64)>,
+}
+
+struct FamilyAcc {
+    name: String,
+    help: String,
+    kind: MetricType,
+    mode: Option<GaugeMode>,
+    series: Vec<SeriesAcc>,
+    series_index: FxHashMap<(String, Vec<(String, String)>), u32>,
+    groups: Vec<BucketGroup>,
+    group_index: FxHashMap<Vec<(String, String)>, u32>,
+}
+
+impl FamilyAcc {
+    fn series_slot(&mut self, name: &str, labels: Vec<(String, String)>) -> u32 {
+        let key = (name.to_owned(), labels);
+        if let Some(&i) = self.series_index.get(&key) {
+            return i;
+        }
+        let i = self.series.len() as u32;
+        self.series.push(SeriesAcc {
+            name: key.0.clone(),
+            labels: key.1.clone(),
+            acc: Acc::default(),
+        });
+        self.series_index.insert(key, i);
+        i
+    }
+
+    fn bucket_slot(&mut self, labels: Vec<(String, String)>, le: f64) -> (u32, u32) {
+        let g = match self.group_index.get(&labels) {
+            Some(&g) => g,
+            None => {
+                let g = self.groups.len() as u32;
+                self.groups.push(BucketGroup {
+                    labels: labels.clone(),
+                    buckets: Vec::new(),
+                });
+                self.group_index.insert(labels, g);
+                g
+            }
+        };
+        let buckets = &mut self.groups[g as usize].buckets;
+        // `le` values compare by bit pattern: Python keys its dict by float, where -0.0 == 0.0
+        // but NaN never equals itself; a handful of buckets makes a linear search cheapest.
+        let b = match buckets.iter().position(|(x, _)| *x == le) {
+            Some(b) => b,
+            None => {
+                buckets.push((le, 0.0));
+                buckets.len() - 1
+            }
+        };
+        (g, b as u32)
+    }
+
+    /// Applies one value to a series, per the family's type and gauge mode.
+    fn apply(&mut self, target: Target, value: f64, timestamp: f64) {
+        match target {
+            Target::Bucket(g, b, _) => {
+                self.groups[g as usize].buckets[b as usize].1 += value;
+            }
+            Target::Series(s, _) => {
+                let acc = &mut self.series[s as usize].acc;
+                match self.mode {
+                    None | Some(GaugeMode::Sum | GaugeMode::LiveSum) => {
+                        acc.value += value;
+                        acc.set = true;
+                    }
+                    Some(GaugeMode::Min | GaugeMode::LiveMin) => {
+                        if !acc.set || value < acc.value {
+                            acc.value = value;
+                        }
+                        acc.set = true;
+                    }
+                    Some(GaugeMode::Max | GaugeMode::LiveMax) => {
+                        if !acc.set || value > acc.value {
+                            acc.value = value;
+                        }
+                        acc.set = true;
+                    }
+                    Some(GaugeMode::MostRecent | GaugeMode::LiveMostRecent) => {
+                        // Python keeps a value only when its timestamp is later than the
+                        // latest seen, starting from 0: a never-set gauge has no sample.
+                        if acc.timestamp < timestamp {
+                            acc.value = value;
+                            acc.timestamp = timestamp;
+                            acc.set = true;
+                        }
+                    }
+                    Some(GaugeMode::All | GaugeMode::LiveAll) => {
+                        acc.value = value;
+                        acc.set = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> MetricFamily {
+        let FamilyAcc {
+            name,
+            help,
+            kind,
+            mut series,
+            mut groups,
+            ..
+        } = self;
+        series.retain(|s| s.acc.set);
+        let mut samples = Vec::with_capacity(series.len());
+        if kind == MetricType::Histogram {
+            groups.sort_by(|a, b| a.labels.cmp(&b.labels));
+            series.sort_by(|a, b| (&a.labels, &a.name).cmp(&(&b.labels, &b.name)));
+            let count_name = format!("{name}_count");
+            let bucket_name = format!("{name}_bucket");
+            let mut rest = series.into_iter().peekable();
+            for mut group in groups {
+                // Series whose labels sort before this group's have no buckets.
+                while let Some(s) = rest.next_if(|s| s.labels < group.labels) {
+                    samples.push(Sample::from(s));
+                }
+                group.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let mut total = 0.0;
+                for (le, v) in &group.buckets {
+                    total += v;
+                    let mut labels = group.labels.clone();
+                    let at = labels.partition_point(|(n, _)| n.as_str() < "le");
+                    labels.insert(at, ("le".to_owned(), go_float(*le)));
+                    samples.push(Sample {
+                        name: bucket_name.clone(),
+                        labels,
+                        value: total,
+                    });
+                }
+                samples.push(Sample {
+                    name: count_name.clone(),
+                    labels: group.labels.clone(),
+                    value: total,
+                });
+                while let Some(s) = rest.next_if(|s| s.labels == group.labels) {
+                    // The accumulated `_count` replaces a stored one, as in Python.
+                    if s.name != count_name {
+                        samples.push(Sample::from(s));
+                    }
+                }
+            }
+            samples.extend(rest.map(Sample::from));
+        } else {
+            series.sort_by(|a, b| (&a.labels, &a.name).cmp(&(&b.labels, &b.name)));
+            samples.extend(series.into_iter().map(Sample::from));
+        }
+        MetricFamily {
+            name,
+            help,
+            kind,
+            samples,
+        }
+    }
+}
+
+impl Default for Acc {
+    fn default() -> Acc {
+        Acc {
+            value: 0.0,
+            timestamp: 0.0,
+            set: false,
+        }
+    }
+}
+
+impl From<SeriesAcc> for Sample {
+    fn from(s: SeriesAcc) -> Sample {
+        Sample {
+            name: s.name,
+            labels: s.labels,
+            value: s.acc.value,
+        }
+    }
+}
+
+fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
+    BadFile {
+        path: path.to_owned(),
+        reason: match e.reason() {
+            "empty" => BadFileReason::Empty,
+            "truncated" => BadFileReason::Truncated,
+            _ => BadFileReason::Corrupt,
+        },
+        offset: Some(e.offset),
+        message: e.to_string(),
+    }
+}
+
+impl Merge<'_> {
+    fn run(self) -> (Vec<MetricFamily>, Vec<BadFile>) {
+        // 1. Check every file's layout, in parallel.
+        let parsed: Vec<Result<Vec<Entry>, LayoutError>> = self
+            .inputs
+            .par_iter()
+            .map(|input| layout::entries(input.bytes)?.collect())
+            .collect();
+
+        // 2. Number the distinct raw keys: each is decoded once, however many files hold it.
+        let mut ids: FxHashMap<&[u8], u32> = FxHashMap::default();
+        let mut distinct: Vec<&[u8]> = Vec::new();
+        let mut bad = Vec::new();
+        let mut files: Vec<(&Input, Vec<RawEntry>)> = Vec::with_capacity(parsed.len());
+        for (input, parsed) in self.inputs.iter().zip(parsed) {
+            match parsed {
+                Err(e) => bad.push(layout_bad(input.path, &e)),
+                Ok(entries) => {
+                    let entries = entries
+                        .into_iter()
+                        .map(|e| {
+                            let next = distinct.len() as u32;
+                            let id = *ids.entry(e.key).or_insert_with(|| {
+                                distinct.push(e.key);
+                                next
+                            });
+                            RawEntry {
+                                offset: e.offset,
+                                key: id,
+                                value: e.value,
+                                timestamp: e.timestamp,
+                            }
+                        })
+                        .collect();
+                    files.push((input, entries));
+                }
+            }
+        }
+        drop(ids);
+
+        // 3. Decode the distinct keys, in parallel.
+        let decoded: Vec<Result<Decoded, KeyError>> =
+            distinct.par_iter().map(|k| Decoded::new(k)).collect();
+
+        // 4. Merge file by file, in name order; a file with a bad key is left out whole.
+        let mut families: Vec<FamilyAcc> = Vec::new();
+        let mut family_index: FxHashMap<String, u32> = FxHashMap::default();
+        let mut cache: Vec<Option<Target>> = vec![None; distinct.len()];
+        for (input, entries) in files {
+            if let Some(problem) = check_keys(input, &entries, &decoded) {
+                bad.push(problem);
+                continue;
+            }
+            let kind = input.name.kind;
+            for e in &entries {
+                let Ok(d) = &decoded[e.key as usize] else {
+                    continue;
+                };
+                let target = match cache[e.key as usize] {
+                    Some(t) => Some(t),
+                    _ => {
+                        let f = *family_index.entry(d.key.metric.clone()).or_insert_with(|| {
+                            families.push(FamilyAcc {
+                                name: d.key.metric.clone(),
+                                help: d.key.help.clone(),
+                                kind,
+                                mode: input.name.mode,
+                                series: Vec::new(),
+                                series_index: FxHashMap::default(),
+                                groups: Vec::new(),
+                                group_index: FxHashMap::default(),
+                            });
+                            families.len() as u32 - 1
+                        });
+                        let fam = &mut families[f as usize];
+                        if fam.kind != kind {
+                            log::warn!(
+                                "{}: family {:?} is a {} in other files, its {} samples here are ignored",
+                                input.path.display(),
+                                fam.name,
+                                fam.kind,
+                                kind
+                            );
+                            None
+                        } else {
+                            let t = target_for(fam, f, d, &input.name);
+                            // A series with a `pid` label depends on the file, not only the key.
+                            if !fam.mode.is_some_and(GaugeMode::keeps_pid) {
+                                cache[e.key as usize] = Some(t);
+                            }
+                            Some(t)
+                        }
+                    }
+                };
+                let Some(target) = target else { continue };
+                let f = match target {
+                    Target::Series(_, f) | Target::Bucket(_, _, f) => f,
+                };
+                let fam = &mut families[f as usize];
+                if fam.kind == kind {
+                    fam.apply(target, e.value, e.timestamp);
+                }
+            }
+        }
+        let mut out: Vec<MetricFamily> = families.into_iter().map(FamilyAcc::finish).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        (out, bad)
+    }
+}
+
+/// Where an entry with key `d` of a file named `file` goes in family `fam` (index `f`).
+fn target_for(fam: &mut FamilyAcc, f: u32, d: &Decoded, file: &FileName) -> Target {
+    let key = &d.key;
+    match fam.kind {
+        MetricType::Histogram if d.has_le => {
+            let labels: Vec<(String, String)> = key
+                .labels
+                .iter()
+                .filter(|(n, _)| n != "le")
+                .cloned()
+                .collect();
+            let (g, b) = fam.bucket_slot(labels, d.le.unwrap_or(f64::NAN));
+            Target::Bucket(g, b, f)
+        }
+        MetricType::Gauge => {
+            let mut labels: Vec<(String, String)> = key
+                .labels
+                .iter()
+                .filter(|(n, _)| n != "pid")
+                .cloned()
+                .collect();
+            if fam.mode.is_some_and(GaugeMode::keeps_pid) {
+                let at = labels.partition_point(|(n, _)| n.as_str() < "pid");
+                labels.insert(at, ("pid".to_owned(), file.pid.clone()));
+            }
+            Target::Series(fam.series_slot(&key.sample, labels), f)
+        }
+        _ => Target::Series(fam.series_slot(&key.sample, key.labels.clone()), f),
+    }
+}
+
+/// The first bad key of a file, as a bad-file report.
+fn check_keys(
+    input: &Input,
+    entries: &[RawEntry],
+    decoded: &[Result<Decoded, KeyError>],
+) -> Option<BadFile> {
+    for e in entries {
+        let problem = match &decoded[e.key as usize] {
+            Err(k) => Some((
+                e.offset + 4 + k.offset,
+                format!("entry at offset {}: {k}", e.offset),
+            )),
+            Ok(d) if input.name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => {
+                Some((
+                    e.offset + 4,
+                    format!("entry at offset {}: `le` label is not a number", e.offset),
+                ))
+            }
+            Ok(_) => None,
+        };
+        if let Some((offset, message)) = problem {
+            return Some(BadFile {
+                path: input.path.to_owned(),
+                reason: BadFileReason::Corrupt,
+                offset: Some(offset),
+                message: format!("at offset {offset}: {message}"),
+            });
+        }
+    }
+    None
+}
