@@ -231,7 +231,7 @@ impl Collector {
         let inputs: Vec<(PathBuf, Result<Vec<u8>, io::Error>)> = paths
             .into_par_iter()
             .map(|p| {
-                let bytes = fs::read(&p);
+                let bytes = read_regular_file(&p);
                 (p, bytes)
             })
             .collect();
@@ -242,6 +242,16 @@ impl Collector {
                 .file_name()
                 .map(|n| n.to_string_lossy())
                 .unwrap_or_default();
+            // A directory is not a file, whatever its name says.
+            if let Some(e) = bytes.as_ref().err().filter(|e| is_not_a_file(e)) {
+                bad_files.push(BadFile {
+                    path: path.clone(),
+                    reason: BadFileReason::NotAFile,
+                    offset: None,
+                    message: format!("cannot read file: {e}"),
+                });
+                continue;
+            }
             let name = match FileName::parse(&file_name) {
                 Ok(n) => n,
                 Err(e) => {
@@ -264,7 +274,7 @@ impl Collector {
                     continue;
                 }
                 Err(e) => {
-                    let reason = if e.kind() == io::ErrorKind::IsADirectory {
+                    let reason = if is_not_a_file(e) {
                         BadFileReason::NotAFile
                     } else {
                         BadFileReason::Unreadable
@@ -306,6 +316,37 @@ impl Collector {
         }
         Ok(scrape)
     }
+}
+
+/// Reads a regular file whole. Anything else named `*.db` (a directory, a FIFO that would block
+/// the scrape forever, a socket, a device) is refused without reading.
+fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn is_not_a_file(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::IsADirectory | io::ErrorKind::InvalidInput
+    )
 }
 
 fn bad_files_family(bad: &[BadFile]) -> MetricFamily {

@@ -34,11 +34,12 @@ pub fn write_python_repr(out: &mut String, x: f64) {
         out.push_str(if x > 0.0 { "inf" } else { "-inf" });
         return;
     }
-    let (negative, digits, decpt) = shortest_digits(x);
-    if negative {
+    let mut buf = Digits::default();
+    let decpt = buf.shortest(x.abs());
+    if x.is_sign_negative() {
         out.push('-');
     }
-    let digits = digits.as_str();
+    let digits = buf.as_str();
     let n = digits.len() as i32;
     if decpt <= -4 || decpt > 16 {
         // Exponent notation: d[.ddd]e[+-]XX, at least two exponent digits.
@@ -68,18 +69,118 @@ pub fn write_python_repr(out: &mut String, x: f64) {
     }
 }
 
-/// The shortest round-trip decimal digits of a finite `x`, and the position of the decimal
-/// point: `x = 0.DIGITS * 10^decpt`.
-fn shortest_digits(x: f64) -> (bool, String, i32) {
-    // Rust's `{:e}` is the shortest representation that reads back exactly, like Python's repr.
-    let s = format!("{:e}", x.abs());
-    let (mantissa, exp) = s.split_once('e').unwrap_or((s.as_str(), "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if digits == "0" {
-        return (x.is_sign_negative(), digits, 1);
+/// The shortest round-trip decimal digits of a float, on the stack.
+struct Digits {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Default for Digits {
+    fn default() -> Digits {
+        Digits {
+            buf: [0; 40],
+            len: 0,
+        }
     }
-    (x.is_sign_negative(), digits, exp + 1)
+}
+
+impl Write for Digits {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl Digits {
+    /// Fills in the digits of a finite, non-negative `x` and returns the position of the
+    /// decimal point: `x = 0.DIGITS * 10^decpt`.
+    fn shortest(&mut self, x: f64) -> i32 {
+        // Rust's `{:e}` is the shortest representation that reads back exactly, like Python's
+        // repr: `1.2345e-7`, `5e0`.
+        self.len = 0;
+        let _ = write!(self, "{x:e}");
+        let text = &self.buf[..self.len];
+        let e = text.iter().position(|&c| c == b'e').unwrap_or(text.len());
+        let mut exp: i32 = 0;
+        let mut negative = false;
+        for &c in &text[(e + 1).min(text.len())..] {
+            match c {
+                b'-' => negative = true,
+                b'0'..=b'9' => exp = exp * 10 + i32::from(c - b'0'),
+                _ => {}
+            }
+        }
+        if negative {
+            exp = -exp;
+        }
+        // Drop the '.' from the mantissa, keeping the digits in place.
+        let mut len = 0;
+        for i in 0..e {
+            let c = self.buf[i];
+            if c != b'.' {
+                self.buf[len] = c;
+                len += 1;
+            }
+        }
+        self.len = len;
+        if self.as_str() == "0" {
+            return 1;
+        }
+        self.break_tie_to_even(x, exp);
+        exp + 1
+    }
+
+    /// When two digit strings of the same length are equally near `x` (an exact tie), Python's
+    /// `repr` (David Gay's dtoa) takes the one whose last digit is even; Rust's formatter may
+    /// take the other. Only an odd last digit can need the change, and only when the neighbour
+    /// also reads back as `x` is it worth the exact check.
+    fn break_tie_to_even(&mut self, x: f64, exp: i32) {
+        let n = self.len;
+        let last = self.buf[n - 1];
+        if (last - b'0').is_multiple_of(2) {
+            return;
+        }
+        for neighbour in [last - 1, last + 1] {
+            if neighbour > b'9' {
+                continue;
+            }
+            let mut candidate = Digits::default();
+            let _ = candidate.write_str(&self.as_str()[..n - 1]);
+            candidate.buf[n - 1] = neighbour;
+            candidate.len = n;
+            let mut text = String::with_capacity(48);
+            text.push_str(&candidate.as_str()[..1]);
+            text.push('.');
+            text.push_str(&candidate.as_str()[1..]);
+            let _ = write!(text, "e{exp}");
+            if text.parse::<f64>() != Ok(x) {
+                continue;
+            }
+            // Both read back as `x`: is `x` exactly halfway between them? Then its exact
+            // decimal expansion is the lower string followed by a single 5.
+            let lower = if neighbour < last { &candidate } else { &*self };
+            let exact = format!("{:.1100e}", x);
+            let mantissa = exact.split('e').next().unwrap_or("");
+            let digits: Vec<u8> = mantissa.bytes().filter(|c| *c != b'.').collect();
+            let tie = digits.len() > n
+                && digits[..n] == lower.buf[..n]
+                && digits[n] == b'5'
+                && digits[n + 1..].iter().all(|&c| c == b'0');
+            if tie {
+                self.buf[n - 1] = neighbour;
+                return;
+            }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("0")
+    }
 }
 
 /// Writes `x` as Python's `prometheus_client.utils.floatToGoString` does.
