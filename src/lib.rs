@@ -34,12 +34,23 @@
 //!     )
 //! );
 //! ```
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
 pub mod collector;
 pub mod exposition;
+pub mod metrics;
+mod os;
+pub mod registry;
+pub mod writer;
 
 /// The on-disk format: the `prometheus-multiproc-format` crate.
 pub use prometheus_multiproc_format as format;
+
+pub use format::filename::GaugeMode;
+pub use metrics::{
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramVec, MetricError, MostRecentGauge,
+    MostRecentGaugeVec, Summary, SummaryVec, DEFAULT_BUCKETS,
+};
+pub use registry::{Registry, RegistryError};

@@ -1,0 +1,222 @@
+//! This process's files: one per metric type (and gauge mode), named as Python names them
+//! (`counter_{pid}.db`, `gauge_livesum_{pid}.db`, ...), holding one entry per series.
+//!
+//! A series is created by appending its entry under the file's lock, then publishing the new
+//! `used`; from then on its value is a [`Slot`] updated lock-free. After a fork the child gets
+//! its own set of files under its own pid (see [`crate::os::GenCell`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
+use prometheus_multiproc_format::layout;
+
+use crate::os::{self, GenCell, MappedFile, Slot};
+
+/// Which of a process's files a series lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileKind {
+    pub(crate) kind: MetricType,
+    pub(crate) mode: Option<GaugeMode>,
+}
+
+/// A file could not be opened, grown or written.
+#[derive(Debug)]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub source: io::Error,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot write multiprocess file {}: {}",
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// The files of one process in one directory.
+#[derive(Debug)]
+pub(crate) struct Files {
+    dir: PathBuf,
+    current: GenCell<ProcessFiles>,
+}
+
+#[derive(Debug)]
+struct ProcessFiles {
+    pid: u32,
+    open: Mutex<HashMap<FileKind, Arc<FileWriter>>>,
+}
+
+#[derive(Debug)]
+struct FileWriter {
+    path: PathBuf,
+    map: Arc<MappedFile>,
+    append: Mutex<Appender>,
+}
+
+#[derive(Debug)]
+struct Appender {
+    used: usize,
+    /// Value offset of each key in the file.
+    positions: HashMap<String, usize>,
+}
+
+impl Files {
+    pub(crate) fn new(dir: PathBuf) -> Files {
+        Files {
+            dir,
+            current: GenCell::new(ProcessFiles::new()),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The pid this process's files are named with.
+    pub(crate) fn pid(&self) -> u32 {
+        self.process().pid
+    }
+
+    fn process(&self) -> &ProcessFiles {
+        match self
+            .current
+            .get_or_try_insert_with(|| Ok::<_, std::convert::Infallible>(ProcessFiles::new()))
+        {
+            Ok(p) => p,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The slot of `key` in this process's file of `kind`, creating the file and the entry
+    /// (with value 0) if needed.
+    pub(crate) fn slot(&self, kind: FileKind, key: &str) -> Result<Slot, WriteError> {
+        let process = self.process();
+        let writer = {
+            let mut open = process.open.lock().unwrap_or_else(|e| e.into_inner());
+            match open.get(&kind) {
+                Some(w) => Arc::clone(w),
+                None => {
+                    let name = FileName {
+                        kind: kind.kind,
+                        mode: kind.mode,
+                        pid: process.pid.to_string(),
+                    };
+                    let w = Arc::new(FileWriter::open(self.dir.join(name.to_string()))?);
+                    open.insert(kind, Arc::clone(&w));
+                    w
+                }
+            }
+        };
+        writer.slot(key)
+    }
+}
+
+impl ProcessFiles {
+    fn new() -> ProcessFiles {
+        ProcessFiles {
+            pid: os::pid(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl FileWriter {
+    fn open(path: PathBuf) -> Result<FileWriter, WriteError> {
+        let err = |source| WriteError {
+            path: path.clone(),
+            source,
+        };
+        let map = MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?;
+        let snapshot = map.snapshot();
+        let existing = layout::entries(&snapshot).and_then(|entries| {
+            let used = entries.used();
+            let mut positions = HashMap::new();
+            for e in entries {
+                let e = e?;
+                if let Ok(key) = std::str::from_utf8(e.key) {
+                    positions.insert(key.to_owned(), e.value_offset);
+                }
+            }
+            Ok((used, positions))
+        });
+        let (used, positions, map) = match existing {
+            Ok((used, positions)) => (used, positions, map),
+            Err(e) => {
+                // A file of this pid left corrupt by an earlier process: keep it for
+                // inspection under a name the collectors ignore, and start afresh.
+                let aside = path.with_extension(format!(
+                    "db.corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0)
+                ));
+                log::warn!(
+                    "{} is corrupt ({e}); moved to {} and starting a new file",
+                    path.display(),
+                    aside.display()
+                );
+                drop(map);
+                std::fs::rename(&path, &aside).map_err(err)?;
+                let map = MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?;
+                (layout::HEADER_LEN, HashMap::new(), map)
+            }
+        };
+        // A fresh file says 0; Python writes 8 when it opens one.
+        map.publish_used(used as i32);
+        Ok(FileWriter {
+            path,
+            map: Arc::new(map),
+            append: Mutex::new(Appender { used, positions }),
+        })
+    }
+
+    fn slot(&self, key: &str) -> Result<Slot, WriteError> {
+        let err = |source| WriteError {
+            path: self.path.clone(),
+            source,
+        };
+        let mut a = self.append.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&at) = a.positions.get(key) {
+            return self.map.slot(at).map_err(err);
+        }
+        let mut entry = Vec::with_capacity(layout::entry_len(key.len()));
+        layout::append_entry(&mut entry, key.as_bytes(), 0.0, 0.0);
+        let start = a.used;
+        let end = start + entry.len();
+        if end > i32::MAX as usize {
+            return Err(err(io::Error::other("file would exceed 2 GiB")));
+        }
+        let size = self.map.len();
+        if end > size {
+            // Double, as Python does, until the entry fits.
+            let mut new_size = size.max(layout::INITIAL_FILE_SIZE);
+            while new_size < end {
+                new_size *= 2;
+            }
+            self.map.allocate(new_size).map_err(err)?;
+        }
+        self.map.write_at(start, &entry).map_err(err)?;
+        self.map.publish_used(end as i32);
+        a.used = end;
+        let value_offset = end - 16;
+        a.positions.insert(key.to_owned(), value_offset);
+        self.map.slot(value_offset).map_err(err)
+    }
+}
