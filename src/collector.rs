@@ -5,6 +5,14 @@
 //! `_count` the total; gauges are merged by their file's mode (`all`/`liveall` keep one sample per
 //! process with a `pid` label; `min`, `max`, `sum` and `mostrecent`, live or not, drop it).
 //!
+//! Where Python's output would be invalid, we differ: a user label named `pid` on an
+//! `all`/`liveall` gauge is replaced by the file's pid (Python writes both values as duplicate
+//! series; our writer refuses that label name).
+//!
+//! `live*` gauge files of a process that died without `mark_process_dead` are left out when the
+//! directory tells it is dead (see [`crate::liveness`]); files written by Python have no liveness
+//! lock and keep Python's rule.
+//!
 //! Unlike Python, a bad file is left out and reported instead of failing the whole scrape, and
 //! the output is sorted, so two scrapes of the same directory are byte-identical: families by
 //! name; samples by labels, then name; histogram buckets by numeric `le`, then `_count`, then
@@ -20,6 +28,8 @@ use prometheus_multiproc_format::float::go_float;
 use prometheus_multiproc_format::key::{decode_key, Key, KeyError};
 use prometheus_multiproc_format::layout::{self, Entry, LayoutError};
 use rayon::prelude::*;
+
+use crate::liveness::{liveness, Liveness};
 use rustc_hash::FxHashMap;
 
 /// One merged metric family: the unit an encoder writes under one `# HELP` and `# TYPE`.
@@ -288,6 +298,13 @@ impl Collector {
                     continue;
                 }
             };
+            if name.mode.is_some_and(GaugeMode::is_live)
+                && liveness(&self.dir, &name.pid) == Liveness::Dead
+            {
+                // Its process died without anyone calling mark_process_dead: leave it out.
+                log::debug!("{}: process {} is dead, left out", path.display(), name.pid);
+                continue;
+            }
             merge.inputs.push(Input {
                 name,
                 bytes: bytes.as_slice(),

@@ -40,6 +40,7 @@
 
 pub mod collector;
 pub mod exposition;
+pub mod liveness;
 pub mod metrics;
 mod os;
 pub mod registry;

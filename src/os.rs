@@ -334,3 +334,47 @@ pub(crate) fn pid() -> u32 {
     init_fork_detection();
     PID.load(Ordering::Relaxed)
 }
+
+fn whole_file_lock(kind: libc::c_short) -> libc::flock {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value (offset 0, length 0 =
+    // the whole file).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// Takes a POSIX record lock (`fcntl(F_SETLK)`) on the whole file: held by this process only
+/// (a forked child does not inherit it) and released by the kernel when the process dies,
+/// `SIGKILL` included. `Ok(false)` when another process holds it.
+///
+/// Beware the POSIX rule: closing any descriptor of the file in this process releases the lock,
+/// so the liveness layer keeps one descriptor per lock file and never opens it again.
+pub(crate) fn try_record_lock(file: &File) -> io::Result<bool> {
+    let lock = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    // SAFETY: fcntl with F_SETLK and a valid `flock` pointer on a descriptor we own.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// The pid of another process holding a record lock on the file (`fcntl(F_GETLK)`), if any.
+pub(crate) fn record_lock_holder(file: &File) -> io::Result<Option<u32>> {
+    let mut lock = whole_file_lock(libc::F_WRLCK as libc::c_short);
+    // SAFETY: fcntl with F_GETLK and a valid, writable `flock` pointer.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lock.l_type == libc::F_UNLCK as libc::c_short {
+        Ok(None)
+    } else {
+        Ok(Some(lock.l_pid as u32))
+    }
+}

@@ -101,6 +101,17 @@ impl Registry {
 
     /// A registry writing into `dir`, which must exist and be writable.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Registry, RegistryError> {
+        Registry::with_process_id(dir, crate::os::pid)
+    }
+
+    /// A registry whose files are named with `process_id()` instead of the pid, like Python's
+    /// `MultiProcessValue(process_identifier)`. It is called once per process (again in a
+    /// forked child) and must return distinct values for processes alive at the same time; the
+    /// liveness lock is taken under that id.
+    pub fn with_process_id(
+        dir: impl Into<PathBuf>,
+        process_id: fn() -> u32,
+    ) -> Result<Registry, RegistryError> {
         let dir = dir.into();
         let err = |source| RegistryError {
             dir: dir.clone(),
@@ -126,7 +137,7 @@ impl Registry {
             .map_err(err)?;
         let _ = std::fs::remove_file(&probe);
         Ok(Registry {
-            files: Arc::new(Files::new(dir)),
+            files: Arc::new(Files::new(dir, process_id)),
             families: Arc::default(),
         })
     }

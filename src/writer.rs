@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 use prometheus_multiproc_format::layout;
 
-use crate::os::{self, GenCell, MappedFile, Slot};
+use crate::liveness;
+use crate::os::{GenCell, MappedFile, Slot};
 
 /// Which of a process's files a series lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,12 +54,15 @@ impl std::error::Error for WriteError {
 #[derive(Debug)]
 pub(crate) struct Files {
     dir: PathBuf,
+    process_id: fn() -> u32,
     current: GenCell<ProcessFiles>,
 }
 
 #[derive(Debug)]
 struct ProcessFiles {
     pid: u32,
+    /// Set once this process holds its liveness lock in the directory.
+    claimed: OnceLock<()>,
     open: Mutex<HashMap<FileKind, Arc<FileWriter>>>,
 }
 
@@ -77,10 +81,12 @@ struct Appender {
 }
 
 impl Files {
-    pub(crate) fn new(dir: PathBuf) -> Files {
+    /// The files of this process (as named by `process_id`, the pid by default) in `dir`.
+    pub(crate) fn new(dir: PathBuf, process_id: fn() -> u32) -> Files {
         Files {
             dir,
-            current: GenCell::new(ProcessFiles::new()),
+            process_id,
+            current: GenCell::new(ProcessFiles::new(process_id())),
         }
     }
 
@@ -94,10 +100,9 @@ impl Files {
     }
 
     fn process(&self) -> &ProcessFiles {
-        match self
-            .current
-            .get_or_try_insert_with(|| Ok::<_, std::convert::Infallible>(ProcessFiles::new()))
-        {
+        match self.current.get_or_try_insert_with(|| {
+            Ok::<_, std::convert::Infallible>(ProcessFiles::new((self.process_id)()))
+        }) {
             Ok(p) => p,
             Err(never) => match never {},
         }
@@ -107,6 +112,10 @@ impl Files {
     /// (with value 0) if needed.
     pub(crate) fn slot(&self, kind: FileKind, key: &str) -> Result<Slot, WriteError> {
         let process = self.process();
+        // Before the first file: take the liveness lock, clearing a dead predecessor's files.
+        process
+            .claimed
+            .get_or_init(|| liveness::claim(&self.dir, process.pid));
         let writer = {
             let mut open = process.open.lock().unwrap_or_else(|e| e.into_inner());
             match open.get(&kind) {
@@ -128,9 +137,10 @@ impl Files {
 }
 
 impl ProcessFiles {
-    fn new() -> ProcessFiles {
+    fn new(pid: u32) -> ProcessFiles {
         ProcessFiles {
-            pid: os::pid(),
+            pid,
+            claimed: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
         }
     }
