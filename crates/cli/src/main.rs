@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_multiproc::collector::{dir_from_env, Collector, DIR_ENV};
 use prometheus_multiproc::exposition::{encode, Format};
+use prometheus_multiproc::liveness::mark_process_dead;
 use prometheus_multiproc_format::{filename::FileName, float::python_repr, key, layout};
 
 /// Exit code for a usage or environment problem (missing or unreadable directory).
@@ -48,6 +49,14 @@ enum Command {
         /// The file.
         file: PathBuf,
     },
+    /// Remove a dead process's `gauge_live*_{PID}.db` files, as Python's mark_process_dead does.
+    MarkDead {
+        /// The process id (the pid part of its file names).
+        pid: String,
+        /// The directory [default: $PROMETHEUS_MULTIPROC_DIR].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
         Command::Dump { dir, format } => dump(dir, format),
         Command::Check { dir } => check(dir),
         Command::Inspect { file } => inspect(&file),
+        Command::MarkDead { pid, dir } => mark_dead(&pid, dir),
     }
 }
 
@@ -137,6 +147,34 @@ fn check(dir: Option<PathBuf>) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_BAD)
+    }
+}
+
+fn mark_dead(pid: &str, dir: Option<PathBuf>) -> ExitCode {
+    let collector = match collector(dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if pid.is_empty() || pid.contains(['/', '_']) || pid.starts_with('.') {
+        eprintln!("prom-multiproc: {pid:?} is not a process id");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if !collector.dir().is_dir() {
+        eprintln!(
+            "prom-multiproc: {} is not a directory",
+            collector.dir().display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    match mark_process_dead(collector.dir(), pid) {
+        Ok(n) => {
+            println!("removed {n} live gauge files of process {pid}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("prom-multiproc: {e}");
+            ExitCode::from(EXIT_BAD)
+        }
     }
 }
 

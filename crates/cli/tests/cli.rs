@@ -162,3 +162,42 @@ fn inspect_of_a_corrupt_file_exits_1_with_the_offset() {
         stdout(&out)
     );
 }
+
+#[test]
+fn mark_dead_removes_only_live_gauge_files_of_that_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let names = [
+        "gauge_livesum_7.db",
+        "gauge_liveall_7.db",
+        "gauge_all_7.db",
+        "counter_7.db",
+        "gauge_livesum_8.db",
+    ];
+    for name in names {
+        std::fs::write(dir.path().join(name), b"").unwrap();
+    }
+    let out = prom_multiproc(&["mark-dead", "7", "--dir", arg(dir.path())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("removed 2 live gauge files of process 7"));
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["counter_7.db", "gauge_all_7.db", "gauge_livesum_8.db"]
+    );
+}
+
+#[test]
+fn mark_dead_refuses_a_pid_that_is_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = prom_multiproc(&["mark-dead", "../x", "--dir", arg(dir.path())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a process id"),
+        "{}",
+        stderr(&out)
+    );
+}
