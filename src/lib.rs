@@ -40,9 +40,16 @@
 
 pub mod collector;
 pub mod exposition;
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(any(feature = "tikv", feature = "prometheus-client"))]
+pub mod interop;
 pub mod liveness;
 pub mod metrics;
 mod os;
+pub mod process;
+#[cfg(feature = "push")]
+pub mod push;
 pub mod registry;
 pub mod writer;
 

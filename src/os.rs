@@ -378,3 +378,25 @@ pub(crate) fn record_lock_holder(file: &File) -> io::Result<Option<u32>> {
         Ok(Some(lock.l_pid as u32))
     }
 }
+
+/// Clock ticks per second, the unit of CPU times in `/proc/PID/stat`.
+pub(crate) fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// The memory page size, the unit of sizes in `/proc/PID/statm`.
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
+}

@@ -1,0 +1,1 @@
+//! Adapters to the other Rust Prometheus crates.
