@@ -158,13 +158,29 @@ pub fn liveness(dir: &Path, id: &str) -> Liveness {
     if file.read_to_string(&mut stamp).is_err() {
         return Liveness::Alive;
     }
-    match start_time(&holder.to_string()) {
+    let holder = holder.to_string();
+    match start_time(&holder) {
         // The holder's start time is not the stamp: it took the lock from a dead process and
         // is removing that process's files right now.
-        Some(t) if stamp.trim() != t.to_string() => Liveness::Dead,
-        // Stamped by the holder, or no /proc to tell (another pid namespace): the lock decides.
+        Some(t) if stamp.trim() != t.to_string() && sees_as_itself(&holder) => Liveness::Dead,
+        // Stamped by the holder, or no /proc to tell (another pid namespace, or a view of it
+        // that shows other start times than the holder's): the lock decides.
         _ => Liveness::Alive,
     }
+}
+
+/// Whether this process reads `/proc/{pid}/stat` as process `pid` (in this process's pid
+/// namespace) reads its own `/proc/self/stat`, so that the start time read here can be
+/// compared with the one `pid` stamped. Not so when `/proc` was mounted for another pid
+/// namespace (`unshare --pid` without remounting it: `/proc/{pid}` is another process), nor
+/// when `pid` is in another time namespace (start times are shifted by its boottime offset).
+fn sees_as_itself(pid: &str) -> bool {
+    let proc_is_ours = fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id());
+    let offsets = |p: &str| fs::read_to_string(format!("/proc/{p}/timens_offsets")).ok();
+    proc_is_ours && offsets(pid) == offsets("self")
 }
 
 /// Removes process `pid`'s `gauge_live*_{pid}.db` files and nothing else, exactly as Python's

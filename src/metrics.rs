@@ -630,7 +630,10 @@ pub(crate) fn unlabelled<M: Metric>(desc: Arc<Desc>) -> Result<M, MetricError> {
 /// ```
 pub struct MetricVec<M: Metric> {
     desc: Arc<Desc>,
-    children: Arc<RwLock<Children<M>>>,
+    /// One table per fork generation: a forked child starts with an empty one, since the
+    /// parent's may have been locked by another thread at the moment of `fork()` (and would stay
+    /// locked forever in the child); the child's series live in its own files anyway.
+    children: Arc<GenCell<RwLock<Children<M>>>>,
 }
 
 impl<M: Metric> Clone for MetricVec<M> {
@@ -679,7 +682,28 @@ impl<M: Metric> MetricVec<M> {
     pub(crate) fn new(desc: Arc<Desc>) -> MetricVec<M> {
         MetricVec {
             desc,
-            children: Arc::default(),
+            children: Arc::new(GenCell::new(RwLock::default())),
+        }
+    }
+
+    /// This generation's table of children.
+    #[inline]
+    fn table(&self) -> &RwLock<Children<M>> {
+        match self.children.get() {
+            Some(t) => t,
+            None => self.table_after_fork(),
+        }
+    }
+
+    /// First lookup in a forked child: a fresh table.
+    #[cold]
+    fn table_after_fork(&self) -> &RwLock<Children<M>> {
+        match self
+            .children
+            .get_or_try_insert_with(|| Ok::<_, std::convert::Infallible>(RwLock::default()))
+        {
+            Ok(t) => t,
+            Err(never) => match never {},
         }
     }
 
@@ -697,7 +721,7 @@ impl<M: Metric> MetricVec<M> {
             Ok(m) => m,
             Err(MetricError::Write(e)) => {
                 log::error!("{e}; values of {} are kept in memory only", self.desc.name);
-                self.detached(values)
+                self.insert_detached(values)
             }
             Err(e) => panic!("{}: {e}", self.desc.name),
         }
@@ -735,7 +759,7 @@ impl<M: Metric> MetricVec<M> {
     pub fn remove_label_values(&self, values: &[&str]) -> Result<(), MetricError> {
         self.check_count(values)?;
         let h = hash_values(values);
-        let mut children = self.children.write().unwrap_or_else(|e| e.into_inner());
+        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
         let found = children.get_mut(&h).and_then(|bucket| {
             let i = bucket
                 .iter()
@@ -761,7 +785,7 @@ impl<M: Metric> MetricVec<M> {
         self.check_count(values)?;
         let h = hash_values(values);
         {
-            let children = self.children.read().unwrap_or_else(|e| e.into_inner());
+            let children = self.table().read().unwrap_or_else(|e| e.into_inner());
             if let Some(bucket) = children.get(&h) {
                 for (v, m) in bucket {
                     if v.len() == values.len() && v.iter().zip(values).all(|(a, b)| a == b) {
@@ -775,7 +799,7 @@ impl<M: Metric> MetricVec<M> {
 
     #[cold]
     fn create(&self, h: u64, values: &[&str]) -> Result<M, MetricError> {
-        let mut children = self.children.write().unwrap_or_else(|e| e.into_inner());
+        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
         let bucket = children.entry(h).or_default();
         if let Some((_, m)) = bucket.iter().find(|(v, _)| v.iter().eq(values.iter())) {
             return Ok(m.clone());
@@ -785,13 +809,24 @@ impl<M: Metric> MetricVec<M> {
         Ok(m)
     }
 
-    fn detached(&self, values: &[&str]) -> M {
+    /// A child counting in memory only, kept in the table so that later lookups of the same
+    /// values find it (and go on counting) instead of retrying the file each time.
+    #[cold]
+    fn insert_detached(&self, values: &[&str]) -> M {
+        let h = hash_values(values);
+        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
+        let bucket = children.entry(h).or_default();
+        if let Some((_, m)) = bucket.iter().find(|(v, _)| v.iter().eq(values.iter())) {
+            return m.clone();
+        }
         let keys = self.desc.keys(values);
         let slots = keys.iter().map(|_| Slot::detached(0.0)).collect();
-        M::from_child(Arc::new(Child {
+        let m = M::from_child(Arc::new(Child {
             desc: Arc::clone(&self.desc),
             keys,
             slots: GenCell::new(slots),
-        }))
+        }));
+        bucket.push((values.iter().map(|v| v.to_string()).collect(), m.clone()));
+        m
     }
 }

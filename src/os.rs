@@ -400,3 +400,85 @@ pub(crate) fn page_size() -> u64 {
         4096
     }
 }
+
+/// A lock-free, append-only list that never frees its entries: for process-wide tables that
+/// must stay usable in a forked child (a mutex held by another thread at `fork()` would stay
+/// locked in the child forever).
+pub(crate) struct AppendList<T> {
+    head: AtomicPtr<ListNode<T>>,
+}
+
+struct ListNode<T> {
+    value: T,
+    next: *mut ListNode<T>,
+}
+
+impl<T> AppendList<T> {
+    pub(crate) const fn new() -> AppendList<T> {
+        AppendList {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// The entries, newest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        let mut node = self.head.load(Ordering::Acquire);
+        std::iter::from_fn(move || {
+            if node.is_null() {
+                return None;
+            }
+            // SAFETY: nodes are published with release ordering and never freed while `self`
+            // lives (the lists are statics or outlive every reader).
+            let n = unsafe { &*node };
+            node = n.next;
+            Some(&n.value)
+        })
+    }
+
+    /// Adds an entry.
+    pub(crate) fn push(&self, value: T) -> &T {
+        let node = Box::into_raw(Box::new(ListNode {
+            value,
+            next: ptr::null_mut(),
+        }));
+        let mut head = self.head.load(Ordering::Acquire);
+        loop {
+            // SAFETY: `node` is ours until the exchange publishes it.
+            unsafe { (*node).next = head };
+            match self
+                .head
+                .compare_exchange(head, node, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // SAFETY: published and never freed while `self` lives.
+                Ok(_) => return unsafe { &(*node).value },
+                Err(actual) => head = actual,
+            }
+        }
+    }
+
+    /// The oldest entry matching `pred`, or a new one made by `make`. When two threads race to
+    /// add matching entries, both get the older one.
+    pub(crate) fn find_or_push(&self, pred: impl Fn(&T) -> bool, make: impl FnOnce() -> T) -> &T {
+        if let Some(v) = self.iter().filter(|v| pred(v)).last() {
+            return v;
+        }
+        let pushed = self.push(make());
+        self.iter().filter(|v| pred(v)).last().unwrap_or(pushed)
+    }
+}
+
+impl<T> Drop for AppendList<T> {
+    fn drop(&mut self) {
+        let mut node = *self.head.get_mut();
+        while !node.is_null() {
+            // SAFETY: every node came from `Box::into_raw` and is reachable once.
+            let boxed = unsafe { Box::from_raw(node) };
+            node = boxed.next;
+        }
+    }
+}
+
+// SAFETY: the list owns its entries; shared access only hands out `&T`.
+unsafe impl<T: Send> Send for AppendList<T> {}
+// SAFETY: entries are published with release/acquire ordering and never mutated.
+unsafe impl<T: Send + Sync> Sync for AppendList<T> {}

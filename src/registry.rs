@@ -137,7 +137,7 @@ impl Registry {
             .map_err(err)?;
         let _ = std::fs::remove_file(&probe);
         Ok(Registry {
-            files: Arc::new(Files::new(dir, process_id)),
+            files: Files::shared(dir, process_id),
             families: Arc::default(),
         })
     }
@@ -150,6 +150,35 @@ impl Registry {
     /// The pid this process's files are named with (the child's own after a fork).
     pub fn pid(&self) -> u32 {
         self.files.pid()
+    }
+
+    /// The merged metrics of this registry's directory: every process's files, as a scrape
+    /// would serve them, without the `prometheus_multiproc_bad_files` gauge (bad files are
+    /// logged and left out). Empty, with an error logged, if the directory cannot be read any
+    /// more.
+    ///
+    /// ```
+    /// use prometheus_multiproc::Registry;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let registry = Registry::new(dir.path()).unwrap();
+    /// registry.counter("jobs_total", "Jobs done.").unwrap().inc_by(2.0).unwrap();
+    /// let families = registry.gather();
+    /// assert_eq!(families.len(), 1);
+    /// assert_eq!(families[0].samples[0].name, "jobs_total");
+    /// assert_eq!(families[0].samples[0].value, 2.0);
+    /// ```
+    pub fn gather(&self) -> Vec<crate::collector::MetricFamily> {
+        match crate::collector::Collector::new(self.dir())
+            .self_metrics(false)
+            .collect()
+        {
+            Ok(scrape) => scrape.families,
+            Err(e) => {
+                log::error!("{e}");
+                Vec::new()
+            }
+        }
     }
 
     fn desc(

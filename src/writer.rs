@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
+use prometheus_multiproc_format::key::decode_key;
 use prometheus_multiproc_format::layout;
 
 use crate::liveness;
-use crate::os::{GenCell, MappedFile, Slot};
+use crate::os::{AppendList, GenCell, MappedFile, Slot};
 
 /// Which of a process's files a series lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,18 +52,35 @@ impl std::error::Error for WriteError {
 }
 
 /// The files of one process in one directory.
-#[derive(Debug)]
 pub(crate) struct Files {
     dir: PathBuf,
     process_id: fn() -> u32,
     current: GenCell<ProcessFiles>,
+    /// Every series created in this process, newest first: a forked child creates them all in
+    /// its own files on first use, as Python re-reads every value after a fork.
+    known: AppendList<(FileKind, String)>,
 }
+
+impl fmt::Debug for Files {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Files")
+            .field("dir", &self.dir)
+            .field("current", &self.current)
+            .finish()
+    }
+}
+
+/// One `Files` per directory and process id function in a process, shared by every registry
+/// on that directory: two writers appending to the same file would overwrite each other.
+static SHARED: AppendList<Arc<Files>> = AppendList::new();
 
 #[derive(Debug)]
 struct ProcessFiles {
     pid: u32,
     /// Set once this process holds its liveness lock in the directory.
     claimed: OnceLock<()>,
+    /// Set once the series created before a fork exist in this process's files.
+    replayed: OnceLock<()>,
     open: Mutex<HashMap<FileKind, Arc<FileWriter>>>,
 }
 
@@ -81,13 +99,19 @@ struct Appender {
 }
 
 impl Files {
-    /// The files of this process (as named by `process_id`, the pid by default) in `dir`.
-    pub(crate) fn new(dir: PathBuf, process_id: fn() -> u32) -> Files {
-        Files {
-            dir,
-            process_id,
-            current: GenCell::new(ProcessFiles::new(process_id())),
-        }
+    /// The files of this process (as named by `process_id`, the pid by default) in `dir`,
+    /// shared with every other registry of this process on the same directory.
+    pub(crate) fn shared(dir: PathBuf, process_id: fn() -> u32) -> Arc<Files> {
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        let same = |f: &Arc<Files>| f.dir == dir && f.process_id as usize == process_id as usize;
+        Arc::clone(SHARED.find_or_push(same, || {
+            Arc::new(Files {
+                dir: dir.clone(),
+                process_id,
+                current: GenCell::new(ProcessFiles::new(process_id())),
+                known: AppendList::new(),
+            })
+        }))
     }
 
     pub(crate) fn dir(&self) -> &Path {
@@ -116,6 +140,29 @@ impl Files {
         process
             .claimed
             .get_or_init(|| liveness::claim(&self.dir, process.pid));
+        process.replayed.get_or_init(|| {
+            let mut known: Vec<&(FileKind, String)> = self.known.iter().collect();
+            known.reverse();
+            for (kind, key) in known {
+                if let Err(e) = self.slot_in(process, *kind, key) {
+                    log::error!("{e}");
+                }
+            }
+        });
+        let (slot, created) = self.slot_in(process, kind, key)?;
+        if created {
+            self.known.push((kind, key.to_owned()));
+        }
+        Ok(slot)
+    }
+
+    /// The slot of `key` in `process`'s file of `kind`, and whether the entry was created now.
+    fn slot_in(
+        &self,
+        process: &ProcessFiles,
+        kind: FileKind,
+        key: &str,
+    ) -> Result<(Slot, bool), WriteError> {
         let writer = {
             let mut open = process.open.lock().unwrap_or_else(|e| e.into_inner());
             match open.get(&kind) {
@@ -141,9 +188,18 @@ impl ProcessFiles {
         ProcessFiles {
             pid,
             claimed: OnceLock::new(),
+            replayed: OnceLock::new(),
             open: Mutex::new(HashMap::new()),
         }
     }
+}
+
+/// Creates and maps a new file. When it cannot be allocated (a full disk), no empty file is
+/// left behind: a 0-byte `.db` file fails Python's whole scrape.
+fn open_new(path: &Path) -> io::Result<MappedFile> {
+    MappedFile::open(path, layout::INITIAL_FILE_SIZE).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
 }
 
 impl FileWriter {
@@ -152,19 +208,35 @@ impl FileWriter {
             path: path.clone(),
             source,
         };
-        let map = MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?;
+        // The length on disk before mapping grows the file: a file cut short (`used` past its
+        // end) must be seen as such, not read with the zeros that growing it adds.
+        let on_disk = std::fs::metadata(&path).map(|m| m.len() as usize);
+        let map = if on_disk.is_ok() {
+            MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?
+        } else {
+            open_new(&path).map_err(err)?
+        };
+        let on_disk = on_disk.unwrap_or(0);
         let snapshot = map.snapshot();
-        let existing = layout::entries(&snapshot).and_then(|entries| {
-            let used = entries.used();
-            let mut positions = HashMap::new();
-            for e in entries {
-                let e = e?;
-                if let Ok(key) = std::str::from_utf8(e.key) {
-                    positions.insert(key.to_owned(), e.value_offset);
+        let checked = match on_disk {
+            0 => &snapshot[..],
+            n => &snapshot[..n.min(snapshot.len())],
+        };
+        let existing = layout::entries(checked)
+            .map_err(|e| e.to_string())
+            .and_then(|entries| {
+                let used = entries.used();
+                let mut positions = HashMap::new();
+                for e in entries {
+                    let e = e.map_err(|e| e.to_string())?;
+                    // A key no collector can read would make it leave out the whole file.
+                    decode_key(e.key).map_err(|k| format!("at offset {}: {k}", e.offset))?;
+                    if let Ok(key) = std::str::from_utf8(e.key) {
+                        positions.insert(key.to_owned(), e.value_offset);
+                    }
                 }
-            }
-            Ok((used, positions))
-        });
+                Ok((used, positions))
+            });
         let (used, positions, map) = match existing {
             Ok((used, positions)) => (used, positions, map),
             Err(e) => {
@@ -184,7 +256,7 @@ impl FileWriter {
                 );
                 drop(map);
                 std::fs::rename(&path, &aside).map_err(err)?;
-                let map = MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?;
+                let map = open_new(&path).map_err(err)?;
                 (layout::HEADER_LEN, HashMap::new(), map)
             }
         };
@@ -197,14 +269,14 @@ impl FileWriter {
         })
     }
 
-    fn slot(&self, key: &str) -> Result<Slot, WriteError> {
+    fn slot(&self, key: &str) -> Result<(Slot, bool), WriteError> {
         let err = |source| WriteError {
             path: self.path.clone(),
             source,
         };
         let mut a = self.append.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&at) = a.positions.get(key) {
-            return self.map.slot(at).map_err(err);
+            return Ok((self.map.slot(at).map_err(err)?, false));
         }
         let mut entry = Vec::with_capacity(layout::entry_len(key.len()));
         layout::append_entry(&mut entry, key.as_bytes(), 0.0, 0.0);
@@ -227,6 +299,6 @@ impl FileWriter {
         a.used = end;
         let value_offset = end - 16;
         a.positions.insert(key.to_owned(), value_offset);
-        self.map.slot(value_offset).map_err(err)
+        Ok((self.map.slot(value_offset).map_err(err)?, true))
     }
 }
