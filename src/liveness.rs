@@ -4,20 +4,21 @@
 //! worker's `live*` gauges stay forever; a reused pid mixes two workers' data. This crate does
 //! that (see [`mark_process_dead`]) and also knows by itself:
 //!
-//! - each process that records into a directory holds a POSIX record lock on `live_{pid}.lock`
-//!   (not `*.db`, so Python's collector never reads it). The kernel releases it when the
-//!   process dies, `SIGKILL` included, and a forked child does not inherit it;
-//! - the lock file holds the owner's start time (field 22 of `/proc/PID/stat`), so a process
-//!   that reuses a dead worker's pid is told apart from it: on start it takes the free lock,
-//!   removes the dead worker's `gauge_live*_{pid}.db` files, then writes its own start time;
-//! - the collector leaves out `live*` gauge files whose lock is free, or held by a process that
-//!   has not yet stamped it (it is removing them). Files without a lock file (written by
-//!   Python) keep Python's semantics: live until `mark_process_dead`.
+//! - each process that records into a directory holds POSIX record locks on `live_{pid}.lock`
+//!   (not `*.db`, so Python's collector never reads it). The kernel releases them when the
+//!   process dies, `SIGKILL` included, and a forked child does not inherit them;
+//! - two locks, on two bytes: a process that reuses a dead worker's pid first takes the *claim*
+//!   lock (byte 0), removes the dead worker's `gauge_live*_{pid}.db` files, and only then takes
+//!   the *ready* lock (byte 1). So a reused pid is told apart from the dead process without
+//!   reading `/proc`, in any pid or time namespace;
+//! - the collector leaves out `live*` gauge files whose ready lock is free (dead, or a
+//!   successor still removing them). Files without a lock file (written by Python) keep
+//!   Python's semantics: live until `mark_process_dead`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -47,13 +48,10 @@ fn claimed() -> std::sync::MutexGuard<'static, HashMap<PathBuf, File>> {
     table.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The start time of process `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).
-pub(crate) fn start_time(pid: &str) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+/// Byte of the lock file locked by a process that has claimed its id.
+const CLAIM_BYTE: i64 = 0;
+/// Byte of the lock file locked once the claimer removed its predecessor's live gauges.
+const READY_BYTE: i64 = 1;
 
 /// Takes this process's liveness lock for process id `id` in `dir`, once per fork generation,
 /// removing a dead predecessor's `live*` gauge files first. Without the lock (another live
@@ -80,7 +78,7 @@ pub(crate) fn claim(dir: &Path, id: u32) {
             return;
         }
     };
-    match os::try_record_lock(&file) {
+    match os::try_record_lock(&file, CLAIM_BYTE) {
         Ok(true) => {}
         Ok(false) => {
             log::warn!(
@@ -101,15 +99,15 @@ pub(crate) fn claim(dir: &Path, id: u32) {
     if let Err(e) = mark_process_dead(dir, &id.to_string()) {
         log::warn!("cannot remove stale live gauges of process {id}: {e}");
     }
-    let stamp = start_time("self")
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    let stamped = file
-        .set_len(0)
-        .and_then(|()| file.write_all(format!("{stamp}\n").as_bytes()));
-    if let Err(e) = stamped {
-        log::warn!("cannot write {}: {e}", path.display());
+    match os::try_record_lock(&file, READY_BYTE) {
+        Ok(true) => {}
+        Ok(false) => log::warn!("{}: ready lock held by another process", path.display()),
+        Err(e) => log::warn!("cannot lock {}: {e}", path.display()),
     }
+    // For people reading the directory: the real pid behind the id.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
     // Kept open for the life of the process: closing any descriptor of it would drop the lock.
     table.insert(path, file);
 }
@@ -117,9 +115,9 @@ pub(crate) fn claim(dir: &Path, id: u32) {
 /// Whether a process id of a directory is alive, as far as the directory tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
-    /// Its lock is held by the process that stamped it.
+    /// Its ready lock is held.
     Alive,
-    /// Its lock is free (or held by a successor cleaning up): its `live*` gauges are stale.
+    /// Its ready lock is free (dead, or a successor cleaning up): its `live*` gauges are stale.
     Dead,
     /// No lock file: written by Python or by an older writer. Python's rule applies (alive
     /// until `mark_process_dead`).
@@ -142,45 +140,19 @@ pub fn liveness(dir: &Path, id: &str) -> Liveness {
     if claimed().contains_key(&path) {
         return Liveness::Alive;
     }
-    let mut file = match File::open(&path) {
+    let file = match File::open(&path) {
         Ok(f) => f,
         Err(_) => return Liveness::Unknown,
     };
-    let holder = match os::record_lock_holder(&file) {
-        Ok(Some(pid)) => pid,
-        Ok(None) => return Liveness::Dead,
+    match os::record_lock_held(&file, READY_BYTE) {
+        Ok(true) => Liveness::Alive,
+        // Dead, or a successor with the same id still removing the dead one's live gauges.
+        Ok(false) => Liveness::Dead,
         Err(e) => {
             log::debug!("cannot query {}: {e}", path.display());
-            return Liveness::Unknown;
+            Liveness::Unknown
         }
-    };
-    let mut stamp = String::new();
-    if file.read_to_string(&mut stamp).is_err() {
-        return Liveness::Alive;
     }
-    let holder = holder.to_string();
-    match start_time(&holder) {
-        // The holder's start time is not the stamp: it took the lock from a dead process and
-        // is removing that process's files right now.
-        Some(t) if stamp.trim() != t.to_string() && sees_as_itself(&holder) => Liveness::Dead,
-        // Stamped by the holder, or no /proc to tell (another pid namespace, or a view of it
-        // that shows other start times than the holder's): the lock decides.
-        _ => Liveness::Alive,
-    }
-}
-
-/// Whether this process reads `/proc/{pid}/stat` as process `pid` (in this process's pid
-/// namespace) reads its own `/proc/self/stat`, so that the start time read here can be
-/// compared with the one `pid` stamped. Not so when `/proc` was mounted for another pid
-/// namespace (`unshare --pid` without remounting it: `/proc/{pid}` is another process), nor
-/// when `pid` is in another time namespace (start times are shifted by its boottime offset).
-fn sees_as_itself(pid: &str) -> bool {
-    let proc_is_ours = fs::read_link("/proc/self")
-        .ok()
-        .and_then(|p| p.to_str()?.parse::<u32>().ok())
-        == Some(std::process::id());
-    let offsets = |p: &str| fs::read_to_string(format!("/proc/{p}/timens_offsets")).ok();
-    proc_is_ours && offsets(pid) == offsets("self")
 }
 
 /// Removes process `pid`'s `gauge_live*_{pid}.db` files and nothing else, exactly as Python's

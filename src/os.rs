@@ -335,23 +335,24 @@ pub(crate) fn pid() -> u32 {
     PID.load(Ordering::Relaxed)
 }
 
-fn whole_file_lock(kind: libc::c_short) -> libc::flock {
-    // SAFETY: `flock` is plain old data; all-zero is a valid value (offset 0, length 0 =
-    // the whole file).
+fn byte_lock(kind: libc::c_short, byte: i64) -> libc::flock {
+    // SAFETY: `flock` is plain old data; all-zero is a valid value.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
     lock.l_type = kind;
     lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = byte as libc::off_t;
+    lock.l_len = 1;
     lock
 }
 
-/// Takes a POSIX record lock (`fcntl(F_SETLK)`) on the whole file: held by this process only
-/// (a forked child does not inherit it) and released by the kernel when the process dies,
-/// `SIGKILL` included. `Ok(false)` when another process holds it.
+/// Takes a POSIX record lock (`fcntl(F_SETLK)`) on one byte of the file (locks may lie past
+/// its end): held by this process only (a forked child does not inherit it) and released by the
+/// kernel when the process dies, `SIGKILL` included. `Ok(false)` when another process holds it.
 ///
 /// Beware the POSIX rule: closing any descriptor of the file in this process releases the lock,
 /// so the liveness layer keeps one descriptor per lock file and never opens it again.
-pub(crate) fn try_record_lock(file: &File) -> io::Result<bool> {
-    let lock = whole_file_lock(libc::F_WRLCK as libc::c_short);
+pub(crate) fn try_record_lock(file: &File, byte: i64) -> io::Result<bool> {
+    let lock = byte_lock(libc::F_WRLCK as libc::c_short, byte);
     // SAFETY: fcntl with F_SETLK and a valid `flock` pointer on a descriptor we own.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) };
     if rc == 0 {
@@ -364,19 +365,15 @@ pub(crate) fn try_record_lock(file: &File) -> io::Result<bool> {
     }
 }
 
-/// The pid of another process holding a record lock on the file (`fcntl(F_GETLK)`), if any.
-pub(crate) fn record_lock_holder(file: &File) -> io::Result<Option<u32>> {
-    let mut lock = whole_file_lock(libc::F_WRLCK as libc::c_short);
+/// Whether another process holds a record lock on one byte of the file (`fcntl(F_GETLK)`).
+pub(crate) fn record_lock_held(file: &File, byte: i64) -> io::Result<bool> {
+    let mut lock = byte_lock(libc::F_WRLCK as libc::c_short, byte);
     // SAFETY: fcntl with F_GETLK and a valid, writable `flock` pointer.
     let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    if lock.l_type == libc::F_UNLCK as libc::c_short {
-        Ok(None)
-    } else {
-        Ok(Some(lock.l_pid as u32))
-    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// Clock ticks per second, the unit of CPU times in `/proc/PID/stat`.
