@@ -189,6 +189,7 @@ pub struct Scrape {
 pub struct Collector {
     dir: PathBuf,
     self_metrics: bool,
+    process_metrics: bool,
 }
 
 impl Collector {
@@ -197,6 +198,7 @@ impl Collector {
         Collector {
             dir: dir.into(),
             self_metrics: true,
+            process_metrics: false,
         }
     }
 
@@ -213,6 +215,30 @@ impl Collector {
     /// Whether to add the `prometheus_multiproc_bad_files` gauge to each scrape (default: yes).
     pub fn self_metrics(mut self, on: bool) -> Collector {
         self.self_metrics = on;
+        self
+    }
+
+    /// Whether to add the metrics of the scraping process (`process_cpu_seconds_total`,
+    /// `process_resident_memory_bytes`, `process_open_fds`, ..., see [`crate::process`]) to each
+    /// scrape (default: no). They describe the process that calls [`collect`](Self::collect),
+    /// not the workers whose files are merged. A family of the directory with the same name
+    /// wins over the process's own.
+    ///
+    /// ```
+    /// use prometheus_multiproc::collector::Collector;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let scrape = Collector::new(dir.path())
+    ///     .self_metrics(false)
+    ///     .process_metrics(true)
+    ///     .collect()
+    ///     .unwrap();
+    /// if std::path::Path::new("/proc/self/stat").exists() {
+    ///     assert!(scrape.families.iter().any(|f| f.name == "process_start_time_seconds"));
+    /// }
+    /// ```
+    pub fn process_metrics(mut self, on: bool) -> Collector {
+        self.process_metrics = on;
         self
     }
 
@@ -330,6 +356,20 @@ impl Collector {
                 .families
                 .partition_point(|f| f.name.as_str() < family.name.as_str());
             scrape.families.insert(at, family);
+        }
+        if self.process_metrics {
+            for family in crate::process::process_families() {
+                let at = scrape
+                    .families
+                    .partition_point(|f| f.name.as_str() < family.name.as_str());
+                if scrape
+                    .families
+                    .get(at)
+                    .is_none_or(|f| f.name != family.name)
+                {
+                    scrape.families.insert(at, family);
+                }
+            }
         }
         Ok(scrape)
     }
