@@ -668,6 +668,7 @@ pub type SummaryVec = MetricVec<Summary>;
 /// Children by the hash of their label values; a bucket holds the (rare) collisions.
 type Children<M> = FxHashMap<u64, Vec<(Box<[String]>, M)>>;
 
+#[inline]
 fn hash_values(values: &[&str]) -> u64 {
     let mut h = FxHasher::default();
     for v in values {
