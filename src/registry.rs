@@ -1,10 +1,9 @@
 //! The registry: metrics bound to a multiprocess directory, recording into this process's files.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_multiproc_format::filename::GaugeMode;
 
@@ -14,6 +13,7 @@ use crate::metrics::{
     Gauge, GaugeVec, Histogram, HistogramVec, MetricError, MetricVec, MostRecentGauge,
     MostRecentGaugeVec, Summary, SummaryVec, Variant,
 };
+use crate::os::AppendList;
 use crate::writer::Files;
 
 /// The directory cannot be used for metrics.
@@ -46,8 +46,24 @@ impl std::error::Error for RegistryError {
     }
 }
 
-/// Registered family names, with their type and label names.
-type Families = HashMap<String, (Variant, Vec<String>)>;
+/// Registered family names, with their type and label names. A lock-free list: a lock held by
+/// another thread at the moment of `fork()` would stay held forever in the child, and
+/// registering there would deadlock.
+struct Families(AppendList<(String, Variant, Vec<String>)>);
+
+impl Default for Families {
+    fn default() -> Families {
+        Families(AppendList::new())
+    }
+}
+
+impl fmt::Debug for Families {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _, _)| name))
+            .finish()
+    }
+}
 
 /// Creates metrics that record into this process's files in a multiprocess directory.
 ///
@@ -83,7 +99,7 @@ type Families = HashMap<String, (Variant, Vec<String>)>;
 #[derive(Debug, Clone)]
 pub struct Registry {
     files: Arc<Files>,
-    families: Arc<Mutex<Families>>,
+    families: Arc<Families>,
 }
 
 impl Registry {
@@ -218,15 +234,13 @@ impl Registry {
             }
         }
         let label_names: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        match families.get(name) {
-            Some((v, l)) if *v != variant || *l != label_names => {
-                return Err(MetricError::AlreadyRegistered(name.to_owned()))
-            }
-            Some(_) => {}
-            None => {
-                families.insert(name.to_owned(), (variant.clone(), label_names.clone()));
-            }
+        // The first registration of a name wins, also when threads race.
+        let (_, v, l) = self.families.0.find_or_push(
+            |(n, _, _)| n == name,
+            || (name.to_owned(), variant.clone(), label_names.clone()),
+        );
+        if *v != variant || *l != label_names {
+            return Err(MetricError::AlreadyRegistered(name.to_owned()));
         }
         Ok(Arc::new(Desc {
             files: Arc::clone(&self.files),
