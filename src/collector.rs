@@ -394,8 +394,29 @@ fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
         };
         return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)?;
+    // As Python does: the first page, then only the bytes in use (the rest of a file is zeros
+    // waiting for entries). A `used` past the end reads the whole file, so the error can tell
+    // how short it is.
+    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut bytes = Vec::with_capacity(len.min(4096));
+    (&mut file).take(4096).read_to_end(&mut bytes)?;
+    let used = bytes
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0);
+    let wanted = match usize::try_from(used) {
+        Ok(u) if u > bytes.len() && u <= len => u,
+        Ok(u) if u <= bytes.len() => return Ok(bytes),
+        _ => len,
+    };
+    bytes.reserve(wanted - bytes.len());
+    (&mut file)
+        .take((wanted - bytes.len()) as u64)
+        .read_to_end(&mut bytes)?;
+    if used > 0 && used as usize > len {
+        // Past the end: read whatever is there (the file may have grown meanwhile).
+        file.read_to_end(&mut bytes)?;
+    }
     Ok(bytes)
 }
 
@@ -537,25 +558,20 @@ struct FamilyAcc {
     help: String,
     kind: MetricType,
     mode: Option<GaugeMode>,
-    series: Vec<SeriesAcc>,
+    /// Accumulators, by series index; the series' names and labels are the index's keys.
+    accs: Vec<Acc>,
     series_index: FxHashMap<(String, Vec<(String, String)>), u32>,
     groups: Vec<BucketGroup>,
     group_index: FxHashMap<Vec<(String, String)>, u32>,
 }
 
 impl FamilyAcc {
-    fn series_slot(&mut self, name: &str, labels: Vec<(String, String)>) -> u32 {
-        let key = (name.to_owned(), labels);
-        if let Some(&i) = self.series_index.get(&key) {
-            return i;
+    fn series_slot(&mut self, name: String, labels: Vec<(String, String)>) -> u32 {
+        let next = self.accs.len() as u32;
+        let i = *self.series_index.entry((name, labels)).or_insert(next);
+        if i == next {
+            self.accs.push(Acc::default());
         }
-        let i = self.series.len() as u32;
-        self.series.push(SeriesAcc {
-            name: key.0.clone(),
-            labels: key.1.clone(),
-            acc: Acc::default(),
-        });
-        self.series_index.insert(key, i);
         i
     }
 
@@ -592,7 +608,7 @@ impl FamilyAcc {
                 self.groups[g as usize].buckets[b as usize].1 += value;
             }
             Target::Series(s, _) => {
-                let acc = &mut self.series[s as usize].acc;
+                let acc = &mut self.accs[s as usize];
                 match self.mode {
                     None | Some(GaugeMode::Sum | GaugeMode::LiveSum) => {
                         acc.value += value;
@@ -633,15 +649,24 @@ impl FamilyAcc {
             name,
             help,
             kind,
-            mut series,
+            accs,
+            series_index,
             mut groups,
             ..
         } = self;
-        series.retain(|s| s.acc.set);
+        let mut series: Vec<SeriesAcc> = series_index
+            .into_iter()
+            .filter(|(_, i)| accs[*i as usize].set)
+            .map(|((name, labels), i)| SeriesAcc {
+                name,
+                labels,
+                acc: accs[i as usize],
+            })
+            .collect();
         let mut samples = Vec::with_capacity(series.len());
         if kind == MetricType::Histogram {
-            groups.sort_by(|a, b| a.labels.cmp(&b.labels));
-            series.sort_by(|a, b| (&a.labels, &a.name).cmp(&(&b.labels, &b.name)));
+            groups.sort_by_cached_key(|g| sort_key(&g.labels, ""));
+            series.sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
             let count_name = format!("{name}_count");
             let bucket_name = format!("{name}_bucket");
             let mut rest = series.into_iter().peekable();
@@ -677,7 +702,7 @@ impl FamilyAcc {
             }
             samples.extend(rest.map(Sample::from));
         } else {
-            series.sort_by(|a, b| (&a.labels, &a.name).cmp(&(&b.labels, &b.name)));
+            series.sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
             samples.extend(series.into_iter().map(Sample::from));
         }
         MetricFamily {
@@ -687,6 +712,47 @@ impl FamilyAcc {
             samples,
         }
     }
+}
+
+/// Bytes that sort as `(labels, name)` compare: each string with its 0 bytes escaped as
+/// `00 FF` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
+/// is much cheaper than comparing the label vectors pair by pair.
+fn sort_key(labels: &[(String, String)], name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(
+        labels
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + name.len()
+            + 4,
+    );
+    fn escaped(key: &mut Vec<u8>, s: &str) {
+        if !s.as_bytes().contains(&0) {
+            key.extend_from_slice(s.as_bytes());
+            return;
+        }
+        for &b in s.as_bytes() {
+            if b == 0 {
+                key.extend_from_slice(&[0, 0xff]);
+            } else {
+                key.push(b);
+            }
+        }
+    }
+    let mut push = |s: &str| {
+        escaped(&mut key, s);
+        key.extend_from_slice(&[0, 1]);
+    };
+    for (n, v) in labels {
+        push(n);
+        push(v);
+    }
+    push("");
+    // `push("")` wrote `00 01`; the end of the labels must sort below any label: `00 00`.
+    let len = key.len();
+    key[len - 1] = 0;
+    escaped(&mut key, name);
+    key
 }
 
 impl Default for Acc {
@@ -732,7 +798,9 @@ impl Merge<'_> {
             .collect();
 
         // 2. Number the distinct raw keys: each is decoded once, however many files hold it.
-        let mut ids: FxHashMap<&[u8], u32> = FxHashMap::default();
+        let entries_total: usize = parsed.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
+        let mut ids: FxHashMap<&[u8], u32> =
+            FxHashMap::with_capacity_and_hasher(entries_total, Default::default());
         let mut distinct: Vec<&[u8]> = Vec::new();
         let mut bad = Vec::new();
         let mut files: Vec<(&Input, Vec<RawEntry>)> = Vec::with_capacity(parsed.len());
@@ -763,7 +831,7 @@ impl Merge<'_> {
         drop(ids);
 
         // 3. Decode the distinct keys, in parallel.
-        let decoded: Vec<Result<Decoded, KeyError>> =
+        let mut decoded: Vec<Result<Decoded, KeyError>> =
             distinct.par_iter().map(|k| Decoded::new(k)).collect();
 
         // 4. Merge file by file, in name order; a file with a bad key is left out whole.
@@ -777,19 +845,21 @@ impl Merge<'_> {
             }
             let kind = input.name.kind;
             for e in &entries {
-                let Ok(d) = &decoded[e.key as usize] else {
+                let Ok(d) = &mut decoded[e.key as usize] else {
                     continue;
                 };
                 let target = match cache[e.key as usize] {
                     Some(t) => Some(t),
                     _ => {
-                        let f = *family_index.entry(d.key.metric.clone()).or_insert_with(|| {
+                        let mut known = family_index.get(d.key.metric.as_str()).copied();
+                        let f = *known.get_or_insert_with(|| {
+                            family_index.insert(d.key.metric.clone(), families.len() as u32);
                             families.push(FamilyAcc {
                                 name: d.key.metric.clone(),
                                 help: d.key.help.clone(),
                                 kind,
                                 mode: input.name.mode,
-                                series: Vec::new(),
+                                accs: Vec::new(),
                                 series_index: FxHashMap::default(),
                                 groups: Vec::new(),
                                 group_index: FxHashMap::default(),
@@ -807,9 +877,11 @@ impl Merge<'_> {
                             );
                             None
                         } else {
-                            let t = target_for(fam, f, d, &input.name);
-                            // A series with a `pid` label depends on the file, not only the key.
-                            if !fam.mode.is_some_and(GaugeMode::keeps_pid) {
+                            // A series with a `pid` label depends on the file, not only the key;
+                            // any other is cached, so the key's strings can move into it.
+                            let cacheable = !fam.mode.is_some_and(GaugeMode::keeps_pid);
+                            let t = target_for(fam, f, d, &input.name, cacheable);
+                            if cacheable {
                                 cache[e.key as usize] = Some(t);
                             }
                             Some(t)
@@ -833,33 +905,36 @@ impl Merge<'_> {
 }
 
 /// Where an entry with key `d` of a file named `file` goes in family `fam` (index `f`).
-fn target_for(fam: &mut FamilyAcc, f: u32, d: &Decoded, file: &FileName) -> Target {
-    let key = &d.key;
+///
+/// With `take`, the key's sample name and labels move into the series (the target is cached
+/// and the key never needed again); otherwise they are copied.
+fn target_for(fam: &mut FamilyAcc, f: u32, d: &mut Decoded, file: &FileName, take: bool) -> Target {
+    let key = &mut d.key;
+    let (sample, labels) = if take {
+        (
+            std::mem::take(&mut key.sample),
+            std::mem::take(&mut key.labels),
+        )
+    } else {
+        (key.sample.clone(), key.labels.clone())
+    };
     match fam.kind {
         MetricType::Histogram if d.has_le => {
-            let labels: Vec<(String, String)> = key
-                .labels
-                .iter()
-                .filter(|(n, _)| n != "le")
-                .cloned()
-                .collect();
+            let labels: Vec<(String, String)> =
+                labels.into_iter().filter(|(n, _)| n != "le").collect();
             let (g, b) = fam.bucket_slot(labels, d.le.unwrap_or(f64::NAN));
             Target::Bucket(g, b, f)
         }
         MetricType::Gauge => {
-            let mut labels: Vec<(String, String)> = key
-                .labels
-                .iter()
-                .filter(|(n, _)| n != "pid")
-                .cloned()
-                .collect();
+            let mut labels: Vec<(String, String)> =
+                labels.into_iter().filter(|(n, _)| n != "pid").collect();
             if fam.mode.is_some_and(GaugeMode::keeps_pid) {
                 let at = labels.partition_point(|(n, _)| n.as_str() < "pid");
                 labels.insert(at, ("pid".to_owned(), file.pid.clone()));
             }
-            Target::Series(fam.series_slot(&key.sample, labels), f)
+            Target::Series(fam.series_slot(sample, labels), f)
         }
-        _ => Target::Series(fam.series_slot(&key.sample, key.labels.clone()), f),
+        _ => Target::Series(fam.series_slot(sample, labels), f),
     }
 }
 
@@ -893,4 +968,28 @@ fn check_keys(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sort_key;
+    use proptest::prelude::*;
+
+    fn labels() -> impl Strategy<Value = Vec<(String, String)>> {
+        // Short strings over an alphabet with 0 bytes and near-0 bytes, where escaping matters.
+        let s = "[\\x00\\x01ab\\xff]{0,3}";
+        prop::collection::vec((s, s), 0..3)
+    }
+
+    proptest! {
+        #[test]
+        fn sort_key_orders_like_labels_then_name(
+            a in labels(), an in "[\\x00a]{0,2}", b in labels(), bn in "[\\x00a]{0,2}"
+        ) {
+            prop_assert_eq!(
+                sort_key(&a, &an).cmp(&sort_key(&b, &bn)),
+                (&a, &an).cmp(&(&b, &bn))
+            );
+        }
+    }
 }
