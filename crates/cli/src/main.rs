@@ -11,6 +11,8 @@ use prometheus_multiproc::exposition::{encode, Format};
 use prometheus_multiproc::liveness::mark_process_dead;
 use prometheus_multiproc_format::{filename::FileName, float::python_repr, key, layout};
 
+mod serve;
+
 /// Exit code for a usage or environment problem (missing or unreadable directory).
 const EXIT_USAGE: u8 = 2;
 /// Exit code for bad files found by `check` or `inspect`.
@@ -57,6 +59,8 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Serve the merged metrics of a directory over HTTP (a sidecar for Python deployments).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Check { dir } => check(dir),
         Command::Inspect { file } => inspect(&file),
         Command::MarkDead { pid, dir } => mark_dead(&pid, dir),
+        Command::Serve(args) => serve::serve(args),
     }
 }
 
