@@ -808,13 +808,24 @@ impl Merge<'_> {
             match parsed {
                 Err(e) => bad.push(layout_bad(input.path, &e)),
                 Ok(entries) => {
-                    let entries = entries
+                    // Workers of one server usually create the same series in the same order:
+                    // an entry whose key is the one at the same place in the previous file
+                    // needs no hashing.
+                    let prev: &[RawEntry] = files.last().map_or(&[], |(_, p)| p.as_slice());
+                    let entries: Vec<RawEntry> = entries
                         .into_iter()
-                        .map(|e| {
-                            let next = distinct.len() as u32;
-                            let id = *ids.entry(e.key).or_insert_with(|| {
-                                distinct.push(e.key);
-                                next
+                        .enumerate()
+                        .map(|(j, e)| {
+                            let same = prev
+                                .get(j)
+                                .filter(|p| distinct[p.key as usize] == e.key)
+                                .map(|p| p.key);
+                            let id = same.unwrap_or_else(|| {
+                                let next = distinct.len() as u32;
+                                *ids.entry(e.key).or_insert_with(|| {
+                                    distinct.push(e.key);
+                                    next
+                                })
                             });
                             RawEntry {
                                 offset: e.offset,
