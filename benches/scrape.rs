@@ -5,7 +5,7 @@
 //! holds the same series and one where each file holds its own, then times, in one run:
 //!
 //! - reading every file's bytes from the page cache (`std::fs::read`, one thread and all threads),
-//!   the floor any reader of these files pays;
+//!   and only the bytes in use (what Python and the collector read): the floor any reader pays;
 //! - ours in-process: `Collector::collect` then `encode(Text)`, and each step alone;
 //! - ours as a process: `prom-multiproc dump --dir DIR > /dev/null`, end to end;
 //! - Python in-process: `generate_latest` over a `MultiProcessCollector`
@@ -419,6 +419,7 @@ struct ModeResult {
     output_bytes: usize,
     output_samples: usize,
     read_seq: Stats,
+    read_used: Stats,
     read_par: Stats,
     collect: Stats,
     encode: Stats,
@@ -458,6 +459,11 @@ fn run_mode(
         black_box(n);
     });
     report("read files, 1 thread", &read_seq);
+    let read_used = measure(budget, || {
+        let n: usize = paths.iter().map(|p| read_in_use(p).len()).sum();
+        black_box(n);
+    });
+    report("read the bytes in use, 1 thread", &read_used);
     let read_par = measure(budget, || {
         let n: usize = paths
             .par_iter()
@@ -555,6 +561,7 @@ fn run_mode(
         output_bytes: text.len(),
         output_samples,
         read_seq,
+        read_used,
         read_par,
         collect,
         encode: encode_stats,
@@ -625,7 +632,7 @@ fn phases(paths: &[PathBuf], budget: Duration) -> (usize, Vec<(String, Stats)>) 
         (distinct, numbered)
     };
     out.push((
-        format!("hash the {total} keys' bytes to number them (1 thread)"),
+        format!("number the {total} entries, hashing every key (1 thread)"),
         measure(budget, || {
             black_box(number());
         }),
@@ -666,6 +673,29 @@ fn phases(paths: &[PathBuf], budget: Duration) -> (usize, Vec<(String, Stats)>) 
         Stats::from_times(times),
     ));
     (total, out)
+}
+
+/// What Python's reader and the collector read of a file: the first page, then the rest of the
+/// bytes in use (the rest of the file is zeros waiting for entries).
+fn read_in_use(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).expect("open");
+    let mut bytes = Vec::with_capacity(4096);
+    (&mut file)
+        .take(4096)
+        .read_to_end(&mut bytes)
+        .expect("read");
+    let used = bytes
+        .get(..4)
+        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+    let rest = usize::try_from(used)
+        .unwrap_or(0)
+        .saturating_sub(bytes.len());
+    bytes.reserve(rest);
+    file.take(rest as u64)
+        .read_to_end(&mut bytes)
+        .expect("read");
+    bytes
 }
 
 fn report(what: &str, s: &Stats) {
@@ -883,6 +913,11 @@ fn markdown(machine: &Machine, results: &[ModeResult], quick: bool) -> String {
             &mut md,
             "read every file (`std::fs::read`), 1 thread",
             &r.read_seq,
+        );
+        row(
+            &mut md,
+            "read the bytes in use (first page, then up to `used`), 1 thread",
+            &r.read_used,
         );
         row(
             &mut md,
