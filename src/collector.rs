@@ -666,7 +666,7 @@ impl FamilyAcc {
         let mut samples = Vec::with_capacity(series.len());
         if kind == MetricType::Histogram {
             groups.sort_by_cached_key(|g| sort_key(&g.labels, ""));
-            series.sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
+            series.par_sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
             let count_name = format!("{name}_count");
             let bucket_name = format!("{name}_bucket");
             let mut rest = series.into_iter().peekable();
@@ -702,7 +702,7 @@ impl FamilyAcc {
             }
             samples.extend(rest.map(Sample::from));
         } else {
-            series.sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
+            series.par_sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
             samples.extend(series.into_iter().map(Sample::from));
         }
         MetricFamily {
