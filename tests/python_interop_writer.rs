@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{PyFamily, PySample};
+use common::{PyFamily, PySample, Rng, HELPS};
 use prometheus_multiproc::collector::{Collector, MetricFamily};
 use prometheus_multiproc::format::filename::FileName;
 use prometheus_multiproc::format::layout;
@@ -1797,44 +1797,6 @@ fn forked_worker_writes_every_series_its_parent_created_like_python() {
 }
 
 // ---------------------------------------------------------------- randomized scenarios
-
-/// SplitMix64: small, and stable across versions of anything.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-const HELPS: [&str; 9] = [
-    "",
-    "Plain help.",
-    "Help with \"quotes\".",
-    "Back\\slash \\n literal",
-    "Multi\nline",
-    "Ünïcödé hélp ✓",
-    "Astral 😀 𝄞",
-    "Ends with a backslash \\",
-    "{braces}, commas = signs",
-];
 
 const LABEL_NAMES: [&str; 8] = ["method", "path", "code", "a", "b_2", "_under", "Mixed", "x"];
 

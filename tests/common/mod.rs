@@ -713,3 +713,44 @@ pub fn assert_same_samples_with(
         );
     }
 }
+
+// ---------------------------------------------------------------- randomized scenarios
+
+/// SplitMix64: small, and stable across versions of anything.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// Help texts that need escaping in keys and in the exposition.
+pub const HELPS: [&str; 9] = [
+    "",
+    "Plain help.",
+    "Help with \"quotes\".",
+    "Back\\slash \\n literal",
+    "Multi\nline",
+    "Ünïcödé hélp ✓",
+    "Astral 😀 𝄞",
+    "Ends with a backslash \\",
+    "{braces}, commas = signs",
+];
