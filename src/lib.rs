@@ -38,6 +38,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+mod children;
 pub mod collector;
 pub mod exposition;
 #[cfg(feature = "http")]

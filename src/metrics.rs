@@ -9,15 +9,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_multiproc_format::filename::{GaugeMode, MetricType};
 use prometheus_multiproc_format::float::go_float;
 use prometheus_multiproc_format::key::encode_key;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
+
+use crate::children::Children;
 
 use crate::os::{GenCell, Slot};
 use crate::writer::{FileKind, Files, WriteError};
@@ -293,7 +295,7 @@ fn now() -> f64 {
 /// Stored as `{name}_total` in `counter_{pid}.db`; a name given with `_total` has it removed
 /// for the family name, as in Python.
 #[derive(Debug, Clone)]
-pub struct Counter(Arc<Child>);
+pub struct Counter(&'static Child);
 
 impl Counter {
     /// Adds 1.
@@ -321,7 +323,7 @@ impl Counter {
 /// A value that goes up and down, merged across processes by its [`GaugeMode`] (any but the
 /// most-recent modes: see [`MostRecentGauge`]).
 #[derive(Debug, Clone)]
-pub struct Gauge(Arc<Child>);
+pub struct Gauge(&'static Child);
 
 impl Gauge {
     /// Adds 1.
@@ -387,7 +389,7 @@ impl Drop for InProgress<'_> {
 /// A gauge in mode `mostrecent` or `livemostrecent`: the merged value is the one set last,
 /// across processes. It can only be set (Python refuses `inc` and `dec` on these modes).
 #[derive(Debug, Clone)]
-pub struct MostRecentGauge(Arc<Child>);
+pub struct MostRecentGauge(&'static Child);
 
 impl MostRecentGauge {
     /// Sets the value, stamped with the current time.
@@ -411,8 +413,8 @@ impl MostRecentGauge {
 /// Observations counted in buckets: request latencies, sizes.
 #[derive(Debug, Clone)]
 pub struct Histogram {
-    child: Arc<Child>,
-    bounds: Arc<[f64]>,
+    child: &'static Child,
+    bounds: &'static [f64],
 }
 
 impl Histogram {
@@ -445,7 +447,7 @@ impl Histogram {
 
     /// The bucket upper bounds, ending with `+Inf`.
     pub fn bounds(&self) -> &[f64] {
-        &self.bounds
+        self.bounds
     }
 }
 
@@ -484,7 +486,7 @@ impl Drop for HistogramTimer<'_> {
 /// Observations counted and summed (`_count` and `_sum`; Python's multiprocess mode has no
 /// quantiles).
 #[derive(Debug, Clone)]
-pub struct Summary(Arc<Child>);
+pub struct Summary(&'static Child);
 
 impl Summary {
     /// Records one observation.
@@ -564,7 +566,7 @@ mod sealed {
     }
 
     pub trait Sealed {
-        fn from_child(child: Arc<Child>) -> Self;
+        fn from_child(child: &'static Child) -> Self;
     }
 }
 
@@ -576,41 +578,49 @@ pub trait Metric: Clone + sealed::Sealed {}
 
 impl Metric for Counter {}
 impl sealed::Sealed for Counter {
-    fn from_child(child: Arc<Child>) -> Self {
+    fn from_child(child: &'static Child) -> Self {
         Counter(child)
     }
 }
 impl Metric for Gauge {}
 impl sealed::Sealed for Gauge {
-    fn from_child(child: Arc<Child>) -> Self {
+    fn from_child(child: &'static Child) -> Self {
         Gauge(child)
     }
 }
 impl Metric for MostRecentGauge {}
 impl sealed::Sealed for MostRecentGauge {
-    fn from_child(child: Arc<Child>) -> Self {
+    fn from_child(child: &'static Child) -> Self {
         MostRecentGauge(child)
     }
 }
 impl Metric for Histogram {}
 impl sealed::Sealed for Histogram {
-    fn from_child(child: Arc<Child>) -> Self {
+    fn from_child(child: &'static Child) -> Self {
         let bounds = match &child.desc.variant {
-            Variant::Histogram(b) => Arc::clone(b),
-            _ => Arc::from([f64::INFINITY]),
+            Variant::Histogram(b) => b,
+            _ => &[f64::INFINITY][..],
         };
         Histogram { child, bounds }
     }
 }
 impl Metric for Summary {}
 impl sealed::Sealed for Summary {
-    fn from_child(child: Arc<Child>) -> Self {
+    fn from_child(child: &'static Child) -> Self {
         Summary(child)
     }
 }
 
 pub(crate) fn unlabelled<M: Metric>(desc: Arc<Desc>) -> Result<M, MetricError> {
-    Ok(M::from_child(Arc::new(Child::new(desc, &[])?)))
+    Ok(M::from_child(keep(Child::new(desc, &[])?)))
+}
+
+/// A series' child lives as long as the process, as its entry in the file and the open file
+/// itself do: handles are then plain references, which cost no reference counting when a
+/// labelled lookup hands one out (two atomic read-modify-writes fewer than an `Arc`). The
+/// memory is a few hundred bytes per series ever created, which the file outgrows anyway.
+fn keep(child: Child) -> &'static Child {
+    Box::leak(Box::new(child))
 }
 
 /// A labelled family: one child metric per combination of label values.
@@ -633,7 +643,7 @@ pub struct MetricVec<M: Metric> {
     /// One table per fork generation: a forked child starts with an empty one, since the
     /// parent's may have been locked by another thread at the moment of `fork()` (and would stay
     /// locked forever in the child); the child's series live in its own files anyway.
-    children: Arc<GenCell<RwLock<Children<M>>>>,
+    children: Arc<GenCell<Children<M>>>,
 }
 
 impl<M: Metric> Clone for MetricVec<M> {
@@ -665,15 +675,12 @@ pub type HistogramVec = MetricVec<Histogram>;
 /// A labelled [`Summary`] family.
 pub type SummaryVec = MetricVec<Summary>;
 
-/// Children by the hash of their label values; a bucket holds the (rare) collisions.
-type Children<M> = FxHashMap<u64, Vec<(Box<[String]>, M)>>;
-
 #[inline]
 fn hash_values(values: &[&str]) -> u64 {
+    // Each value's bytes are hashed with their length, which keeps ["ab", "c"] and
+    // ["a", "bc"] apart; the table compares the values anyway, so a collision only costs time.
     let mut h = FxHasher::default();
     for v in values {
-        // The length keeps ["ab", "c"] and ["a", "bc"] apart.
-        v.len().hash(&mut h);
         h.write(v.as_bytes());
     }
     h.finish()
@@ -683,13 +690,13 @@ impl<M: Metric> MetricVec<M> {
     pub(crate) fn new(desc: Arc<Desc>) -> MetricVec<M> {
         MetricVec {
             desc,
-            children: Arc::new(GenCell::new(RwLock::default())),
+            children: Arc::new(GenCell::new(Children::default())),
         }
     }
 
     /// This generation's table of children.
     #[inline]
-    fn table(&self) -> &RwLock<Children<M>> {
+    fn table(&self) -> &Children<M> {
         match self.children.get() {
             Some(t) => t,
             None => self.table_after_fork(),
@@ -698,10 +705,10 @@ impl<M: Metric> MetricVec<M> {
 
     /// First lookup in a forked child: a fresh table.
     #[cold]
-    fn table_after_fork(&self) -> &RwLock<Children<M>> {
+    fn table_after_fork(&self) -> &Children<M> {
         match self
             .children
-            .get_or_try_insert_with(|| Ok::<_, std::convert::Infallible>(RwLock::default()))
+            .get_or_try_insert_with(|| Ok::<_, std::convert::Infallible>(Children::default()))
         {
             Ok(t) => t,
             Err(never) => match never {},
@@ -759,16 +766,11 @@ impl<M: Metric> MetricVec<M> {
     /// a counter never goes down); the same values later give a child that continues from it.
     pub fn remove_label_values(&self, values: &[&str]) -> Result<(), MetricError> {
         self.check_count(values)?;
-        let h = hash_values(values);
-        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
-        let found = children.get_mut(&h).and_then(|bucket| {
-            let i = bucket
-                .iter()
-                .position(|(v, _)| v.iter().eq(values.iter()))?;
-            bucket.swap_remove(i);
-            Some(())
-        });
-        found.ok_or_else(|| MetricError::UnknownLabel(values.join(",")))
+        if self.table().remove(hash_values(values), values) {
+            Ok(())
+        } else {
+            Err(MetricError::UnknownLabel(values.join(",")))
+        }
     }
 
     fn check_count(&self, values: &[&str]) -> Result<(), MetricError> {
@@ -785,49 +787,40 @@ impl<M: Metric> MetricVec<M> {
     fn lookup(&self, values: &[&str]) -> Result<M, MetricError> {
         self.check_count(values)?;
         let h = hash_values(values);
-        {
-            let children = self.table().read().unwrap_or_else(|e| e.into_inner());
-            if let Some(bucket) = children.get(&h) {
-                for (v, m) in bucket {
-                    if v.len() == values.len() && v.iter().zip(values).all(|(a, b)| a == b) {
-                        return Ok(m.clone());
-                    }
-                }
-            }
+        match self.table().get(h, values) {
+            Some(m) => Ok(m),
+            None => self.create(h, values),
         }
-        self.create(h, values)
     }
 
     #[cold]
     fn create(&self, h: u64, values: &[&str]) -> Result<M, MetricError> {
-        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
-        let bucket = children.entry(h).or_default();
-        if let Some((_, m)) = bucket.iter().find(|(v, _)| v.iter().eq(values.iter())) {
-            return Ok(m.clone());
-        }
-        let m = M::from_child(Arc::new(Child::new(Arc::clone(&self.desc), values)?));
-        bucket.push((values.iter().map(|v| v.to_string()).collect(), m.clone()));
-        Ok(m)
+        self.table().get_or_insert_with(h, values, || {
+            Ok(M::from_child(keep(Child::new(
+                Arc::clone(&self.desc),
+                values,
+            )?)))
+        })
     }
 
     /// A child counting in memory only, kept in the table so that later lookups of the same
     /// values find it (and go on counting) instead of retrying the file each time.
     #[cold]
     fn insert_detached(&self, values: &[&str]) -> M {
-        let h = hash_values(values);
-        let mut children = self.table().write().unwrap_or_else(|e| e.into_inner());
-        let bucket = children.entry(h).or_default();
-        if let Some((_, m)) = bucket.iter().find(|(v, _)| v.iter().eq(values.iter())) {
-            return m.clone();
+        let made = self
+            .table()
+            .get_or_insert_with(hash_values(values), values, || {
+                let keys = self.desc.keys(values);
+                let slots = keys.iter().map(|_| Slot::detached(0.0)).collect();
+                Ok::<_, std::convert::Infallible>(M::from_child(keep(Child {
+                    desc: Arc::clone(&self.desc),
+                    keys,
+                    slots: GenCell::new(slots),
+                })))
+            });
+        match made {
+            Ok(m) => m,
+            Err(never) => match never {},
         }
-        let keys = self.desc.keys(values);
-        let slots = keys.iter().map(|_| Slot::detached(0.0)).collect();
-        let m = M::from_child(Arc::new(Child {
-            desc: Arc::clone(&self.desc),
-            keys,
-            slots: GenCell::new(slots),
-        }));
-        bucket.push((values.iter().map(|v| v.to_string()).collect(), m.clone()));
-        m
     }
 }

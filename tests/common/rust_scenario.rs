@@ -394,11 +394,21 @@ fn create_children(handles: &[Handle], scenario: &Scenario) -> Result<(), String
         let spec = &scenario.metrics[op.metric];
         let labels = &op.labels;
         match &handles[op.metric] {
-            Handle::CounterVec(v) => drop(child(v, spec, labels, 1)?),
-            Handle::GaugeVec(v) => drop(child(v, spec, labels, 1)?),
-            Handle::RecentVec(v) => drop(child(v, spec, labels, 1)?),
-            Handle::HistogramVec(v) => drop(child(v, spec, labels, 1)?),
-            Handle::SummaryVec(v) => drop(child(v, spec, labels, 1)?),
+            Handle::CounterVec(v) => {
+                child(v, spec, labels, 1)?;
+            }
+            Handle::GaugeVec(v) => {
+                child(v, spec, labels, 1)?;
+            }
+            Handle::RecentVec(v) => {
+                child(v, spec, labels, 1)?;
+            }
+            Handle::HistogramVec(v) => {
+                child(v, spec, labels, 1)?;
+            }
+            Handle::SummaryVec(v) => {
+                child(v, spec, labels, 1)?;
+            }
             _ => return Err(format!("{}: label values {labels:?}", spec.name)),
         }
     }
