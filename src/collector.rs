@@ -22,15 +22,17 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 use prometheus_multiproc_format::float::go_float;
 use prometheus_multiproc_format::key::{decode_key, Key, KeyError};
-use prometheus_multiproc_format::layout::{self, Entry, LayoutError};
+use prometheus_multiproc_format::layout::{self, LayoutError};
 use rayon::prelude::*;
 
 use crate::liveness::{liveness, Liveness};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
+use std::hash::BuildHasher;
 
 /// One merged metric family: the unit an encoder writes under one `# HELP` and `# TYPE`.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,83 +266,29 @@ impl Collector {
             }
         }
         paths.sort();
-        let inputs: Vec<(PathBuf, Result<Vec<u8>, io::Error>)> = paths
-            .into_par_iter()
-            .map(|p| {
-                let bytes = read_regular_file(&p);
-                (p, bytes)
-            })
-            .collect();
-        let mut merge = Merge::default();
-        let mut bad_files = Vec::new();
-        for (path, bytes) in &inputs {
+        let mut inputs = Vec::with_capacity(paths.len());
+        for path in paths {
             let file_name = path
                 .file_name()
-                .map(|n| n.to_string_lossy())
+                .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            // A directory is not a file, whatever its name says.
-            if let Some(e) = bytes.as_ref().err().filter(|e| is_not_a_file(e)) {
-                bad_files.push(BadFile {
-                    path: path.clone(),
-                    reason: BadFileReason::NotAFile,
-                    offset: None,
-                    message: format!("cannot read file: {e}"),
-                });
-                continue;
-            }
-            let name = match FileName::parse(&file_name) {
-                Ok(n) => n,
-                Err(e) => {
-                    bad_files.push(BadFile {
-                        path: path.clone(),
-                        reason: BadFileReason::UnknownType,
-                        offset: None,
-                        message: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            let bytes = match bytes {
-                Ok(b) => b,
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        && name.mode.is_some_and(GaugeMode::is_live) =>
+            let name = FileName::parse(&file_name).map_err(|e| e.to_string());
+            if let Ok(n) = &name {
+                if n.mode.is_some_and(GaugeMode::is_live)
+                    && liveness(&self.dir, &n.pid) == Liveness::Dead
                 {
-                    // Removed by mark_process_dead between listing and reading, as Python allows.
+                    // Its process died without anyone calling mark_process_dead: leave it out.
+                    log::debug!("{}: process {} is dead, left out", path.display(), n.pid);
                     continue;
                 }
-                Err(e) => {
-                    let reason = if is_not_a_file(e) {
-                        BadFileReason::NotAFile
-                    } else {
-                        BadFileReason::Unreadable
-                    };
-                    bad_files.push(BadFile {
-                        path: path.clone(),
-                        reason,
-                        offset: None,
-                        message: format!("cannot read file: {e}"),
-                    });
-                    continue;
-                }
-            };
-            if name.mode.is_some_and(GaugeMode::is_live)
-                && liveness(&self.dir, &name.pid) == Liveness::Dead
-            {
-                // Its process died without anyone calling mark_process_dead: leave it out.
-                log::debug!("{}: process {} is dead, left out", path.display(), name.pid);
-                continue;
             }
-            merge.inputs.push(Input {
+            inputs.push(Input {
                 name,
-                bytes: bytes.as_slice(),
-                path: path.as_path(),
+                path,
+                bytes: None,
             });
         }
-        let merged = merge.inputs.len();
-        let (families, mut more_bad) = merge.run();
-        let files_read = merged - more_bad.len();
-        bad_files.append(&mut more_bad);
+        let (families, mut bad_files, files_read) = Merge { inputs }.run();
         bad_files.sort_by(|a, b| a.path.cmp(&b.path));
         for bad in &bad_files {
             log::warn!("skipped bad multiprocess file {bad}");
@@ -375,13 +323,42 @@ impl Collector {
     }
 }
 
-/// Reads a regular file whole. Anything else named `*.db` (a directory, a FIFO that would block
-/// the scrape forever, a socket, a device) is refused without reading.
-fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
+/// Reads the bytes in use of a regular file into `buf` (replacing its contents). Anything else
+/// named `*.db` (a directory, a FIFO that would block the scrape forever, a socket, a device) is
+/// refused without reading.
+fn read_regular_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     use std::io::Read;
+    let (mut file, len) = open_regular_file(path)?;
+    buf.clear();
+    // As Python does: the first page, then only the bytes in use (the rest of a file is zeros
+    // waiting for entries). A `used` past the end reads the whole file, so the error can tell
+    // how short it is.
+    (&mut file).take(4096).read_to_end(buf)?;
+    let used = buf
+        .get(..4)
+        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .unwrap_or(0);
+    let wanted = match usize::try_from(used) {
+        Ok(u) if u > buf.len() && u <= len => u,
+        Ok(u) if u <= buf.len() => return Ok(()),
+        _ => len,
+    };
+    buf.reserve(wanted.saturating_sub(buf.len()));
+    (&mut file)
+        .take(wanted.saturating_sub(buf.len()) as u64)
+        .read_to_end(buf)?;
+    if used > 0 && used as usize > len {
+        // Past the end: read whatever is there (the file may have grown meanwhile).
+        file.read_to_end(buf)?;
+    }
+    Ok(())
+}
+
+/// Opens a file for reading if it is a regular file, with its length.
+fn open_regular_file(path: &Path) -> io::Result<(fs::File, usize)> {
     use std::os::unix::fs::OpenOptionsExt;
     // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
-    let mut file = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
@@ -394,30 +371,7 @@ fn read_regular_file(path: &Path) -> io::Result<Vec<u8>> {
         };
         return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
     }
-    // As Python does: the first page, then only the bytes in use (the rest of a file is zeros
-    // waiting for entries). A `used` past the end reads the whole file, so the error can tell
-    // how short it is.
-    let len = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-    let mut bytes = Vec::with_capacity(len.min(4096));
-    (&mut file).take(4096).read_to_end(&mut bytes)?;
-    let used = bytes
-        .get(..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0);
-    let wanted = match usize::try_from(used) {
-        Ok(u) if u > bytes.len() && u <= len => u,
-        Ok(u) if u <= bytes.len() => return Ok(bytes),
-        _ => len,
-    };
-    bytes.reserve(wanted - bytes.len());
-    (&mut file)
-        .take((wanted - bytes.len()) as u64)
-        .read_to_end(&mut bytes)?;
-    if used > 0 && used as usize > len {
-        // Past the end: read whatever is there (the file may have grown meanwhile).
-        file.read_to_end(&mut bytes)?;
-    }
-    Ok(bytes)
+    Ok((file, usize::try_from(meta.len()).unwrap_or(usize::MAX)))
 }
 
 fn is_not_a_file(e: &io::Error) -> bool {
@@ -460,46 +414,229 @@ fn bad_files_family(bad: &[BadFile]) -> MetricFamily {
 /// assert_eq!(families[0].samples[0].value, 25.0);
 /// ```
 pub fn merge_files(files: &[(&str, &[u8])]) -> (Vec<MetricFamily>, Vec<BadFile>) {
-    let mut merge = Merge::default();
-    let mut bad_files = Vec::new();
-    for (file_name, bytes) in files {
-        match FileName::parse(file_name) {
-            Ok(name) => merge.inputs.push(Input {
-                name,
-                bytes,
-                path: Path::new(file_name),
-            }),
-            Err(e) => bad_files.push(BadFile {
-                path: PathBuf::from(file_name),
-                reason: BadFileReason::UnknownType,
-                offset: None,
-                message: e.to_string(),
-            }),
-        }
-    }
-    let (families, mut more) = merge.run();
-    bad_files.append(&mut more);
-    (families, bad_files)
+    let inputs = files
+        .iter()
+        .map(|(file_name, bytes)| Input {
+            name: FileName::parse(file_name).map_err(|e| e.to_string()),
+            path: PathBuf::from(file_name),
+            bytes: Some(bytes),
+        })
+        .collect();
+    let (families, bad, _) = Merge { inputs }.run();
+    (families, bad)
 }
 
-/// One file to merge.
+/// One file to merge: its bytes, or its path to read them from.
 struct Input<'a> {
-    name: FileName,
-    bytes: &'a [u8],
-    path: &'a Path,
+    /// The parsed file name, or why it does not parse.
+    name: Result<FileName, String>,
+    path: PathBuf,
+    bytes: Option<&'a [u8]>,
 }
 
-#[derive(Default)]
 struct Merge<'a> {
     inputs: Vec<Input<'a>>,
 }
 
-/// An entry of a file whose layout checked out; `key` is an index into the distinct keys.
-struct RawEntry {
-    offset: usize,
-    key: u32,
-    value: f64,
-    timestamp: f64,
+/// What reading one file gave.
+enum Loaded {
+    /// Its entries, keys numbered in its chunk's [`KeyTable`].
+    Entries(FileEntries),
+    Bad(BadFile),
+    /// A `live*` gauge file removed by `mark_process_dead` between listing and reading.
+    Gone,
+}
+
+/// The distinct keys met in a run of files: their bytes, one copy each, and their hashes.
+#[derive(Default)]
+struct KeyTable {
+    bytes: Vec<u8>,
+    /// Where each key is in `bytes`: (start, end).
+    spans: Vec<(usize, usize)>,
+    hashes: Vec<u64>,
+    index: hashbrown::HashTable<u32>,
+}
+
+impl KeyTable {
+    fn key(&self, id: u32) -> &[u8] {
+        let (start, end) = self.spans[id as usize];
+        &self.bytes[start..end]
+    }
+
+    /// The number of `key`, copied in if it is new.
+    fn intern(&mut self, key: &[u8]) -> u32 {
+        let hash = FxBuildHasher.hash_one(key);
+        let KeyTable {
+            bytes,
+            spans,
+            hashes,
+            index,
+        } = self;
+        let found = index.entry(
+            hash,
+            |&id| {
+                let (start, end) = spans[id as usize];
+                &bytes[start..end] == key
+            },
+            |&id| hashes[id as usize],
+        );
+        match found {
+            hashbrown::hash_table::Entry::Occupied(o) => *o.get(),
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                let id = spans.len() as u32;
+                spans.push((bytes.len(), bytes.len() + key.len()));
+                bytes.extend_from_slice(key);
+                hashes.push(hash);
+                v.insert(id);
+                id
+            }
+        }
+    }
+}
+
+/// A run of files read one after the other by one thread, through one reused buffer.
+struct Chunk {
+    keys: KeyTable,
+    files: Vec<Loaded>,
+}
+
+/// Reads and numbers the entries of consecutive files.
+fn load_chunk(inputs: &[Input]) -> Chunk {
+    let mut keys = KeyTable::default();
+    let mut buf = Vec::new();
+    let mut files: Vec<Loaded> = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let prev = files.iter().rev().find_map(|f| match f {
+            Loaded::Entries(e) => Some(&e.keys),
+            _ => None,
+        });
+        let loaded = load_file(input, &mut buf, &mut keys, prev);
+        files.push(loaded);
+    }
+    Chunk { keys, files }
+}
+
+fn load_file(
+    input: &Input,
+    buf: &mut Vec<u8>,
+    keys: &mut KeyTable,
+    prev: Option<&Arc<KeyList>>,
+) -> Loaded {
+    let bad = |reason, message| {
+        Loaded::Bad(BadFile {
+            path: input.path.clone(),
+            reason,
+            offset: None,
+            message,
+        })
+    };
+    let io_bad = |e: io::Error| {
+        let live = input
+            .name
+            .as_ref()
+            .is_ok_and(|n| n.mode.is_some_and(GaugeMode::is_live));
+        if live && e.kind() == io::ErrorKind::NotFound {
+            // Removed by mark_process_dead between listing and reading, as Python allows.
+            return Loaded::Gone;
+        }
+        let reason = if is_not_a_file(&e) {
+            BadFileReason::NotAFile
+        } else {
+            BadFileReason::Unreadable
+        };
+        bad(reason, format!("cannot read file: {e}"))
+    };
+    let bytes: &[u8] = match (input.bytes, &input.name) {
+        (Some(bytes), Ok(_)) => bytes,
+        (Some(_), Err(e)) => return bad(BadFileReason::UnknownType, e.clone()),
+        (None, Err(e)) => {
+            // A directory is not a file, whatever its name says.
+            return match open_regular_file(&input.path) {
+                Err(io) if is_not_a_file(&io) => io_bad(io),
+                _ => bad(BadFileReason::UnknownType, e.clone()),
+            };
+        }
+        (None, Ok(_)) => match read_regular_file(&input.path, buf) {
+            Ok(()) => buf,
+            Err(e) => return io_bad(e),
+        },
+    };
+    let mut entries = match layout::entries(bytes) {
+        Ok(entries) => entries,
+        Err(e) => return Loaded::Bad(layout_bad(&input.path, &e)),
+    };
+    let prev_ids: &[u32] = prev.map_or(&[], |p| &p.ids);
+    let with_timestamps = input.name.as_ref().is_ok_and(|n| {
+        matches!(
+            n.mode,
+            Some(GaugeMode::MostRecent | GaugeMode::LiveMostRecent)
+        )
+    });
+    let mut values = Vec::with_capacity(prev_ids.len());
+    let mut timestamps = Vec::new();
+    // The file's own key list, made only once it differs from the previous file's.
+    let mut own: Option<KeyList> = None;
+    for (j, e) in entries.by_ref().enumerate() {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) => return Loaded::Bad(layout_bad(&input.path, &e)),
+        };
+        values.push(e.value);
+        if with_timestamps {
+            timestamps.push(e.timestamp);
+        }
+        // Workers of one server usually create the same series in the same order: an entry
+        // whose key is the one at the same place in the previous file needs no hashing, and a
+        // file whose keys are all the previous file's shares its key list.
+        let same = prev_ids.get(j).filter(|&&p| keys.key(p) == e.key).copied();
+        if same.is_some() && own.is_none() {
+            continue;
+        }
+        let list = own.get_or_insert_with(|| {
+            let prev = prev.map_or(&[][..], |p| &p.offsets[..j]);
+            KeyList {
+                ids: prev_ids[..j].to_vec(),
+                offsets: prev.to_vec(),
+            }
+        });
+        list.ids.push(same.unwrap_or_else(|| keys.intern(e.key)));
+        // `used` is an i32: every offset fits.
+        list.offsets.push(e.offset as u32);
+    }
+    let keys = match (own, prev) {
+        (Some(own), _) => Arc::new(own),
+        (None, Some(prev)) if prev.ids.len() == values.len() => Arc::clone(prev),
+        (None, prev) => {
+            // A prefix of the previous file's keys.
+            let n = values.len();
+            Arc::new(KeyList {
+                ids: prev_ids[..n].to_vec(),
+                offsets: prev.map_or(Vec::new(), |p| p.offsets[..n].to_vec()),
+            })
+        }
+    };
+    Loaded::Entries(FileEntries {
+        keys,
+        values,
+        timestamps,
+    })
+}
+
+/// A file's entries: values (and timestamps, for the files of `mostrecent` gauges, the only
+/// ones that use them) in file order, with the keys they belong to.
+struct FileEntries {
+    keys: Arc<KeyList>,
+    values: Vec<f64>,
+    timestamps: Vec<f64>,
+}
+
+/// The keys of a file's entries, in file order: shared by consecutive files of one run that
+/// hold the same keys in the same order (at the same offsets, then).
+struct KeyList {
+    /// Numbers in the run's [`KeyTable`].
+    ids: Vec<u32>,
+    /// Offsets of the entries in the file.
+    offsets: Vec<u32>,
 }
 
 /// A decoded key with what the merge needs precomputed.
@@ -789,77 +926,89 @@ fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
 }
 
 impl Merge<'_> {
-    fn run(self) -> (Vec<MetricFamily>, Vec<BadFile>) {
-        // 1. Check every file's layout, in parallel.
-        let parsed: Vec<Result<Vec<Entry>, LayoutError>> = self
+    /// The merged families, the bad files and the number of files merged.
+    fn run(self) -> (Vec<MetricFamily>, Vec<BadFile>, usize) {
+        // 1. Read the files in runs of consecutive files, one run per task, each through one
+        //    buffer: only the distinct keys are kept, not the files' bytes.
+        let per_chunk = self
             .inputs
-            .par_iter()
-            .map(|input| layout::entries(input.bytes)?.collect())
-            .collect();
+            .len()
+            .div_ceil(rayon::current_num_threads())
+            .max(1);
+        let chunks: Vec<Chunk> = self.inputs.par_chunks(per_chunk).map(load_chunk).collect();
 
-        // 2. Number the distinct raw keys: each is decoded once, however many files hold it.
-        let entries_total: usize = parsed.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum();
-        let mut ids: FxHashMap<&[u8], u32> =
-            FxHashMap::with_capacity_and_hasher(entries_total, Default::default());
-        let mut distinct: Vec<&[u8]> = Vec::new();
-        let mut bad = Vec::new();
-        let mut files: Vec<(&Input, Vec<RawEntry>)> = Vec::with_capacity(parsed.len());
-        for (input, parsed) in self.inputs.iter().zip(parsed) {
-            match parsed {
-                Err(e) => bad.push(layout_bad(input.path, &e)),
-                Ok(entries) => {
-                    // Workers of one server usually create the same series in the same order:
-                    // an entry whose key is the one at the same place in the previous file
-                    // needs no hashing.
-                    let prev: &[RawEntry] = files.last().map_or(&[], |(_, p)| p.as_slice());
-                    let entries: Vec<RawEntry> = entries
-                        .into_iter()
-                        .enumerate()
-                        .map(|(j, e)| {
-                            let same = prev
-                                .get(j)
-                                .filter(|p| distinct[p.key as usize] == e.key)
-                                .map(|p| p.key);
-                            let id = same.unwrap_or_else(|| {
-                                let next = distinct.len() as u32;
-                                *ids.entry(e.key).or_insert_with(|| {
-                                    distinct.push(e.key);
-                                    next
-                                })
-                            });
-                            RawEntry {
-                                offset: e.offset,
-                                key: id,
-                                value: e.value,
-                                timestamp: e.timestamp,
+        // 2. Number the distinct keys across runs: each is decoded once, however many files
+        //    hold it.
+        let mut index: hashbrown::HashTable<(u64, u32)> = hashbrown::HashTable::new();
+        let mut distinct: Vec<(u32, u32)> = Vec::new();
+        let renumbered: Vec<Vec<u32>> = chunks
+            .iter()
+            .enumerate()
+            .map(|(c, chunk)| {
+                (0..chunk.keys.spans.len() as u32)
+                    .map(|id| {
+                        let hash = chunk.keys.hashes[id as usize];
+                        let key = chunk.keys.key(id);
+                        let found = index.entry(
+                            hash,
+                            |&(_, g)| {
+                                let (c, id) = distinct[g as usize];
+                                chunks[c as usize].keys.key(id) == key
+                            },
+                            |&(h, _)| h,
+                        );
+                        match found {
+                            hashbrown::hash_table::Entry::Occupied(o) => o.get().1,
+                            hashbrown::hash_table::Entry::Vacant(v) => {
+                                let g = distinct.len() as u32;
+                                distinct.push((c as u32, id));
+                                v.insert((hash, g));
+                                g
                             }
-                        })
-                        .collect();
-                    files.push((input, entries));
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        // 3. Decode the distinct keys, in parallel.
+        let mut decoded: Vec<Result<Decoded, KeyError>> = distinct
+            .par_iter()
+            .map(|&(c, id)| Decoded::new(chunks[c as usize].keys.key(id)))
+            .collect();
+        let mut bad = Vec::new();
+        let mut files = Vec::with_capacity(self.inputs.len());
+        let loaded = chunks
+            .into_iter()
+            .zip(&renumbered)
+            .flat_map(|(c, ids)| c.files.into_iter().map(move |f| (f, ids)));
+        for (input, (loaded, ids)) in self.inputs.iter().zip(loaded) {
+            match (loaded, &input.name) {
+                (Loaded::Entries(entries), Ok(name)) => {
+                    files.push((input.path.as_path(), name, entries, ids.as_slice()))
                 }
+                (Loaded::Bad(b), _) => bad.push(b),
+                _ => {}
             }
         }
-        drop(ids);
-
-        // 3. Decode the distinct keys, in parallel.
-        let mut decoded: Vec<Result<Decoded, KeyError>> =
-            distinct.par_iter().map(|k| Decoded::new(k)).collect();
+        let mut files_read = 0;
 
         // 4. Merge file by file, in name order; a file with a bad key is left out whole.
         let mut families: Vec<FamilyAcc> = Vec::new();
         let mut family_index: FxHashMap<String, u32> = FxHashMap::default();
         let mut cache: Vec<Option<Target>> = vec![None; distinct.len()];
-        for (input, entries) in files {
-            if let Some(problem) = check_keys(input, &entries, &decoded) {
+        for (path, name, entries, ids) in files {
+            if let Some(problem) = check_keys(path, name, &entries.keys, ids, &decoded) {
                 bad.push(problem);
                 continue;
             }
-            let kind = input.name.kind;
-            for e in &entries {
-                let Ok(d) = &mut decoded[e.key as usize] else {
+            let kind = name.kind;
+            for (j, (&local, &value)) in entries.keys.ids.iter().zip(&entries.values).enumerate() {
+                let key = ids[local as usize];
+                let timestamp = entries.timestamps.get(j).copied().unwrap_or(0.0);
+                let Ok(d) = &mut decoded[key as usize] else {
                     continue;
                 };
-                let target = match cache[e.key as usize] {
+                let target = match cache[key as usize] {
                     Some(t) => Some(t),
                     _ => {
                         let mut known = family_index.get(d.key.metric.as_str()).copied();
@@ -869,7 +1018,7 @@ impl Merge<'_> {
                                 name: d.key.metric.clone(),
                                 help: d.key.help.clone(),
                                 kind,
-                                mode: input.name.mode,
+                                mode: name.mode,
                                 accs: Vec::new(),
                                 series_index: FxHashMap::default(),
                                 groups: Vec::new(),
@@ -881,7 +1030,7 @@ impl Merge<'_> {
                         if fam.kind != kind {
                             log::warn!(
                                 "{}: family {:?} is a {} in other files, its {} samples here are ignored",
-                                input.path.display(),
+                                path.display(),
                                 fam.name,
                                 fam.kind,
                                 kind
@@ -891,9 +1040,9 @@ impl Merge<'_> {
                             // A series with a `pid` label depends on the file, not only the key;
                             // any other is cached, so the key's strings can move into it.
                             let cacheable = !fam.mode.is_some_and(GaugeMode::keeps_pid);
-                            let t = target_for(fam, f, d, &input.name, cacheable);
+                            let t = target_for(fam, f, d, name, cacheable);
                             if cacheable {
-                                cache[e.key as usize] = Some(t);
+                                cache[key as usize] = Some(t);
                             }
                             Some(t)
                         }
@@ -905,13 +1054,14 @@ impl Merge<'_> {
                 };
                 let fam = &mut families[f as usize];
                 if fam.kind == kind {
-                    fam.apply(target, e.value, e.timestamp);
+                    fam.apply(target, value, timestamp);
                 }
             }
+            files_read += 1;
         }
         let mut out: Vec<MetricFamily> = families.into_iter().map(FamilyAcc::finish).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        (out, bad)
+        (out, bad, files_read)
     }
 }
 
@@ -951,27 +1101,25 @@ fn target_for(fam: &mut FamilyAcc, f: u32, d: &mut Decoded, file: &FileName, tak
 
 /// The first bad key of a file, as a bad-file report.
 fn check_keys(
-    input: &Input,
-    entries: &[RawEntry],
+    path: &Path,
+    name: &FileName,
+    keys: &KeyList,
+    ids: &[u32],
     decoded: &[Result<Decoded, KeyError>],
 ) -> Option<BadFile> {
-    for e in entries {
-        let problem = match &decoded[e.key as usize] {
-            Err(k) => Some((
-                e.offset + 4 + k.offset,
-                format!("entry at offset {}: {k}", e.offset),
+    for (&local, &at) in keys.ids.iter().zip(&keys.offsets) {
+        let at = at as usize;
+        let problem = match &decoded[ids[local as usize] as usize] {
+            Err(k) => Some((at + 4 + k.offset, format!("entry at offset {at}: {k}"))),
+            Ok(d) if name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => Some((
+                at + 4,
+                format!("entry at offset {at}: `le` label is not a number"),
             )),
-            Ok(d) if input.name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => {
-                Some((
-                    e.offset + 4,
-                    format!("entry at offset {}: `le` label is not a number", e.offset),
-                ))
-            }
             Ok(_) => None,
         };
         if let Some((offset, message)) = problem {
             return Some(BadFile {
-                path: input.path.to_owned(),
+                path: path.to_owned(),
                 reason: BadFileReason::Corrupt,
                 offset: Some(offset),
                 message: format!("at offset {offset}: {message}"),
