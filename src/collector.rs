@@ -18,6 +18,7 @@
 //! name; samples by labels, then name; histogram buckets by numeric `le`, then `_count`, then
 //! the other samples of the same labels.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -26,10 +27,11 @@ use std::sync::Arc;
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 use prometheus_multiproc_format::float::go_float;
-use prometheus_multiproc_format::key::{decode_key, Key, KeyError};
+use prometheus_multiproc_format::key::{decode_key_ref, KeyError, KeyRef};
 use prometheus_multiproc_format::layout::{self, LayoutError};
 use rayon::prelude::*;
 
+use crate::exposition::{encode_views, FamilyView, Format};
 use crate::liveness::{liveness, Liveness};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::hash::BuildHasher;
@@ -251,6 +253,68 @@ impl Collector {
 
     /// Reads every `*.db` file of the directory and merges them.
     pub fn collect(&self) -> Result<Scrape, CollectError> {
+        self.merge()?.run(|mut merged| {
+            let bad_files = report(std::mem::take(&mut merged.bad));
+            let mut families = merged.to_families();
+            let own = self.own_families(&bad_files, |name| {
+                families
+                    .binary_search_by(|f| f.name.as_str().cmp(name))
+                    .is_ok()
+            });
+            families = merge_by_name(families, own, |f| &f.name);
+            Ok(Scrape {
+                families,
+                bad_files,
+                files_read: merged.files_read,
+            })
+        })
+    }
+
+    /// Reads and merges the directory as [`collect`](Self::collect) does, and appends the
+    /// exposition of the result in `format` to `out`: what a scrape endpoint serves, written
+    /// straight from the files' keys without building [`Scrape`]'s owned samples.
+    ///
+    /// ```
+    /// use prometheus_multiproc::collector::Collector;
+    /// use prometheus_multiproc::exposition::{encode, Format};
+    /// use prometheus_multiproc::Registry;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let registry = Registry::new(dir.path()).unwrap();
+    /// registry.counter("jobs", "Jobs run.").unwrap().inc();
+    ///
+    /// let collector = Collector::new(dir.path()).self_metrics(false);
+    /// let mut text = String::new();
+    /// let summary = collector.encode_into(Format::Text, &mut text).unwrap();
+    /// assert_eq!(text, "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total 1.0\n");
+    /// assert_eq!(summary.files_read, 1);
+    /// // The same text as encoding the collected families.
+    /// assert_eq!(text, encode(&collector.collect().unwrap().families, Format::Text));
+    /// ```
+    pub fn encode_into(&self, format: Format, out: &mut String) -> Result<Summary, CollectError> {
+        self.merge()?.run(|mut merged| {
+            let bad_files = report(std::mem::take(&mut merged.bad));
+            let views = merged.views();
+            let own = self.own_families(&bad_files, |name| {
+                views
+                    .binary_search_by(|v| v.family.name.as_str().cmp(name))
+                    .is_ok()
+            });
+            let all = merge_by_name(
+                views.iter().map(|v| v as &dyn FamilyView).collect(),
+                own.iter().map(|f| f as &dyn FamilyView).collect(),
+                |f| f.name(),
+            );
+            encode_views(&all, format, out);
+            Ok(Summary {
+                bad_files,
+                files_read: merged.files_read,
+            })
+        })
+    }
+
+    /// The files of the directory to merge.
+    fn merge(&self) -> Result<Merge<'static>, CollectError> {
         let err = |source| CollectError {
             dir: self.dir.clone(),
             source,
@@ -288,39 +352,58 @@ impl Collector {
                 bytes: None,
             });
         }
-        let (families, mut bad_files, files_read) = Merge { inputs }.run();
-        bad_files.sort_by(|a, b| a.path.cmp(&b.path));
-        for bad in &bad_files {
-            log::warn!("skipped bad multiprocess file {bad}");
-        }
-        let mut scrape = Scrape {
-            families,
-            bad_files,
-            files_read,
-        };
+        Ok(Merge { inputs })
+    }
+
+    /// The families this crate adds to a scrape, sorted by name: the bad-files gauge, and the
+    /// scraping process's metrics whose names the directory (`has`) does not already use.
+    fn own_families(&self, bad: &[BadFile], has: impl Fn(&str) -> bool) -> Vec<MetricFamily> {
+        let mut own = Vec::new();
         if self.self_metrics {
-            let family = bad_files_family(&scrape.bad_files);
-            let at = scrape
-                .families
-                .partition_point(|f| f.name.as_str() < family.name.as_str());
-            scrape.families.insert(at, family);
+            own.push(bad_files_family(bad));
         }
         if self.process_metrics {
-            for family in crate::process::process_families() {
-                let at = scrape
-                    .families
-                    .partition_point(|f| f.name.as_str() < family.name.as_str());
-                if scrape
-                    .families
-                    .get(at)
-                    .is_none_or(|f| f.name != family.name)
-                {
-                    scrape.families.insert(at, family);
-                }
-            }
+            own.extend(
+                crate::process::process_families()
+                    .into_iter()
+                    .filter(|f| !has(&f.name)),
+            );
         }
-        Ok(scrape)
+        own.sort_by(|a, b| a.name.cmp(&b.name));
+        own
     }
+}
+
+/// What [`Collector::encode_into`] tells besides the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The files left out, sorted by path.
+    pub bad_files: Vec<BadFile>,
+    /// How many files were merged.
+    pub files_read: usize,
+}
+
+/// Sorts and logs the bad files of a scrape.
+fn report(mut bad: Vec<BadFile>) -> Vec<BadFile> {
+    bad.sort_by(|a, b| a.path.cmp(&b.path));
+    for b in &bad {
+        log::warn!("skipped bad multiprocess file {b}");
+    }
+    bad
+}
+
+/// Two lists sorted by name as one; on equal names, `own`'s first.
+fn merge_by_name<T>(dir: Vec<T>, own: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut out = Vec::with_capacity(dir.len() + own.len());
+    let mut dir = dir.into_iter().peekable();
+    for o in own {
+        while let Some(d) = dir.next_if(|d| name(d) < name(&o)) {
+            out.push(d);
+        }
+        out.push(o);
+    }
+    out.extend(dir);
+    out
 }
 
 /// Reads the bytes in use of a regular file into `buf` (replacing its contents). Anything else
@@ -422,8 +505,7 @@ pub fn merge_files(files: &[(&str, &[u8])]) -> (Vec<MetricFamily>, Vec<BadFile>)
             bytes: Some(bytes),
         })
         .collect();
-    let (families, bad, _) = Merge { inputs }.run();
-    (families, bad)
+    Merge { inputs }.run(|merged| (merged.to_families(), merged.bad))
 }
 
 /// One file to merge: its bytes, or its path to read them from.
@@ -639,9 +721,12 @@ struct KeyList {
     offsets: Vec<u32>,
 }
 
-/// A decoded key with what the merge needs precomputed.
-struct Decoded {
-    key: Key,
+/// A decoded key with what the merge needs precomputed (in parallel, before the merge). Its
+/// strings borrow from the run's key table where they have no escapes.
+struct Decoded<'k> {
+    key: KeyRef<'k>,
+    /// Why the key could not be decoded (then `key` is empty).
+    error: Option<KeyError>,
     /// The numeric `le` label, if the key has an `le` label that parses as a float.
     le: Option<f64>,
     /// Whether the key has an `le` label at all.
@@ -653,243 +738,42 @@ fn parse_le(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok()
 }
 
-impl Decoded {
-    fn new(raw: &[u8]) -> Result<Decoded, KeyError> {
-        let key = decode_key(raw)?;
-        let le_label = key.labels.iter().find(|(n, _)| n == "le");
-        Ok(Decoded {
-            has_le: le_label.is_some(),
-            le: le_label.and_then(|(_, v)| parse_le(v)),
-            key,
-        })
+impl<'k> Decoded<'k> {
+    fn new(raw: &'k [u8]) -> Decoded<'k> {
+        match decode_key_ref(raw) {
+            Ok(key) => {
+                let le_label = key.labels.iter().find(|(n, _)| n == "le");
+                Decoded {
+                    has_le: le_label.is_some(),
+                    le: le_label.and_then(|(_, v)| parse_le(v)),
+                    key,
+                    error: None,
+                }
+            }
+            Err(e) => Decoded {
+                key: KeyRef {
+                    metric: Cow::Borrowed(""),
+                    sample: Cow::Borrowed(""),
+                    labels: Vec::new(),
+                    help: Cow::Borrowed(""),
+                },
+                error: Some(e),
+                le: None,
+                has_le: false,
+            },
+        }
     }
 }
 
-/// Where an entry's value goes.
-#[derive(Clone, Copy)]
-enum Target {
-    Series(u32, u32),
-    Bucket(u32, u32, u32),
-}
-
+/// What the merge keeps of the values of one series.
 #[derive(Clone, Copy)]
 struct Acc {
     value: f64,
+    /// The timestamp of the value kept, for `mostrecent` gauges; for `all` gauges, where it was
+    /// written (file number, then entry number: the later entry wins when two keys name one
+    /// series, as it would in Python).
     timestamp: f64,
     set: bool,
-}
-
-struct SeriesAcc {
-    name: String,
-    labels: Vec<(String, String)>,
-    acc: Acc,
-}
-
-struct BucketGroup {
-    labels: Vec<(String, String)>,
-    buckets: Vec<(f64, f64)>,
-}
-
-struct FamilyAcc {
-    name: String,
-    help: String,
-    kind: MetricType,
-    mode: Option<GaugeMode>,
-    /// Accumulators, by series index; the series' names and labels are the index's keys.
-    accs: Vec<Acc>,
-    series_index: FxHashMap<(String, Vec<(String, String)>), u32>,
-    groups: Vec<BucketGroup>,
-    group_index: FxHashMap<Vec<(String, String)>, u32>,
-}
-
-impl FamilyAcc {
-    fn series_slot(&mut self, name: String, labels: Vec<(String, String)>) -> u32 {
-        let next = self.accs.len() as u32;
-        let i = *self.series_index.entry((name, labels)).or_insert(next);
-        if i == next {
-            self.accs.push(Acc::default());
-        }
-        i
-    }
-
-    fn bucket_slot(&mut self, labels: Vec<(String, String)>, le: f64) -> (u32, u32) {
-        let g = match self.group_index.get(&labels) {
-            Some(&g) => g,
-            None => {
-                let g = self.groups.len() as u32;
-                self.groups.push(BucketGroup {
-                    labels: labels.clone(),
-                    buckets: Vec::new(),
-                });
-                self.group_index.insert(labels, g);
-                g
-            }
-        };
-        let buckets = &mut self.groups[g as usize].buckets;
-        // `le` values compare by bit pattern: Python keys its dict by float, where -0.0 == 0.0
-        // but NaN never equals itself; a handful of buckets makes a linear search cheapest.
-        let b = match buckets.iter().position(|(x, _)| *x == le) {
-            Some(b) => b,
-            None => {
-                buckets.push((le, 0.0));
-                buckets.len() - 1
-            }
-        };
-        (g, b as u32)
-    }
-
-    /// Applies one value to a series, per the family's type and gauge mode.
-    fn apply(&mut self, target: Target, value: f64, timestamp: f64) {
-        match target {
-            Target::Bucket(g, b, _) => {
-                self.groups[g as usize].buckets[b as usize].1 += value;
-            }
-            Target::Series(s, _) => {
-                let acc = &mut self.accs[s as usize];
-                match self.mode {
-                    None | Some(GaugeMode::Sum | GaugeMode::LiveSum) => {
-                        acc.value += value;
-                        acc.set = true;
-                    }
-                    Some(GaugeMode::Min | GaugeMode::LiveMin) => {
-                        if !acc.set || value < acc.value {
-                            acc.value = value;
-                        }
-                        acc.set = true;
-                    }
-                    Some(GaugeMode::Max | GaugeMode::LiveMax) => {
-                        if !acc.set || value > acc.value {
-                            acc.value = value;
-                        }
-                        acc.set = true;
-                    }
-                    Some(GaugeMode::MostRecent | GaugeMode::LiveMostRecent) => {
-                        // Python keeps a value only when its timestamp is later than the
-                        // latest seen, starting from 0: a never-set gauge has no sample.
-                        if acc.timestamp < timestamp {
-                            acc.value = value;
-                            acc.timestamp = timestamp;
-                            acc.set = true;
-                        }
-                    }
-                    Some(GaugeMode::All | GaugeMode::LiveAll) => {
-                        acc.value = value;
-                        acc.set = true;
-                    }
-                }
-            }
-        }
-    }
-
-    fn finish(self) -> MetricFamily {
-        let FamilyAcc {
-            name,
-            help,
-            kind,
-            accs,
-            series_index,
-            mut groups,
-            ..
-        } = self;
-        let mut series: Vec<SeriesAcc> = series_index
-            .into_iter()
-            .filter(|(_, i)| accs[*i as usize].set)
-            .map(|((name, labels), i)| SeriesAcc {
-                name,
-                labels,
-                acc: accs[i as usize],
-            })
-            .collect();
-        let mut samples = Vec::with_capacity(series.len());
-        if kind == MetricType::Histogram {
-            groups.sort_by_cached_key(|g| sort_key(&g.labels, ""));
-            series.par_sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
-            let count_name = format!("{name}_count");
-            let bucket_name = format!("{name}_bucket");
-            let mut rest = series.into_iter().peekable();
-            for mut group in groups {
-                // Series whose labels sort before this group's have no buckets.
-                while let Some(s) = rest.next_if(|s| s.labels < group.labels) {
-                    samples.push(Sample::from(s));
-                }
-                group.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let mut total = 0.0;
-                for (le, v) in &group.buckets {
-                    total += v;
-                    let mut labels = group.labels.clone();
-                    let at = labels.partition_point(|(n, _)| n.as_str() < "le");
-                    labels.insert(at, ("le".to_owned(), go_float(*le)));
-                    samples.push(Sample {
-                        name: bucket_name.clone(),
-                        labels,
-                        value: total,
-                    });
-                }
-                samples.push(Sample {
-                    name: count_name.clone(),
-                    labels: group.labels.clone(),
-                    value: total,
-                });
-                while let Some(s) = rest.next_if(|s| s.labels == group.labels) {
-                    // The accumulated `_count` replaces a stored one, as in Python.
-                    if s.name != count_name {
-                        samples.push(Sample::from(s));
-                    }
-                }
-            }
-            samples.extend(rest.map(Sample::from));
-        } else {
-            series.par_sort_by_cached_key(|s| sort_key(&s.labels, &s.name));
-            samples.extend(series.into_iter().map(Sample::from));
-        }
-        MetricFamily {
-            name,
-            help,
-            kind,
-            samples,
-        }
-    }
-}
-
-/// Bytes that sort as `(labels, name)` compare: each string with its 0 bytes escaped as
-/// `00 FF` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
-/// is much cheaper than comparing the label vectors pair by pair.
-fn sort_key(labels: &[(String, String)], name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(
-        labels
-            .iter()
-            .map(|(n, v)| n.len() + v.len() + 4)
-            .sum::<usize>()
-            + name.len()
-            + 4,
-    );
-    fn escaped(key: &mut Vec<u8>, s: &str) {
-        if !s.as_bytes().contains(&0) {
-            key.extend_from_slice(s.as_bytes());
-            return;
-        }
-        for &b in s.as_bytes() {
-            if b == 0 {
-                key.extend_from_slice(&[0, 0xff]);
-            } else {
-                key.push(b);
-            }
-        }
-    }
-    let mut push = |s: &str| {
-        escaped(&mut key, s);
-        key.extend_from_slice(&[0, 1]);
-    };
-    for (n, v) in labels {
-        push(n);
-        push(v);
-    }
-    push("");
-    // `push("")` wrote `00 01`; the end of the labels must sort below any label: `00 00`.
-    let len = key.len();
-    key[len - 1] = 0;
-    escaped(&mut key, name);
-    key
 }
 
 impl Default for Acc {
@@ -902,12 +786,434 @@ impl Default for Acc {
     }
 }
 
-impl From<SeriesAcc> for Sample {
-    fn from(s: SeriesAcc) -> Sample {
-        Sample {
-            name: s.name,
-            labels: s.labels,
-            value: s.acc.value,
+impl Acc {
+    /// Adds one file's value, per the family's gauge mode (`None`: summed).
+    #[inline]
+    fn apply(&mut self, mode: Option<GaugeMode>, value: f64, timestamp: f64, written: f64) {
+        match mode {
+            None | Some(GaugeMode::Sum | GaugeMode::LiveSum) => {
+                self.value += value;
+                self.set = true;
+            }
+            Some(GaugeMode::Min | GaugeMode::LiveMin) => {
+                if !self.set || value < self.value {
+                    self.value = value;
+                }
+                self.set = true;
+            }
+            Some(GaugeMode::Max | GaugeMode::LiveMax) => {
+                if !self.set || value > self.value {
+                    self.value = value;
+                }
+                self.set = true;
+            }
+            Some(GaugeMode::MostRecent | GaugeMode::LiveMostRecent) => {
+                // Python keeps a value only when its timestamp is later than the latest seen,
+                // starting from 0: a never-set gauge has no sample.
+                if self.timestamp < timestamp {
+                    self.value = value;
+                    self.timestamp = timestamp;
+                    self.set = true;
+                }
+            }
+            Some(GaugeMode::All | GaugeMode::LiveAll) => {
+                self.value = value;
+                self.timestamp = written;
+                self.set = true;
+            }
+        }
+    }
+
+    /// Merges the values of another key of the same series (keys that differ only in their
+    /// help text or spelling).
+    fn combine(&mut self, mode: Option<GaugeMode>, other: &Acc) {
+        if !other.set {
+            return;
+        }
+        if !self.set {
+            *self = *other;
+            return;
+        }
+        match mode {
+            None | Some(GaugeMode::Sum | GaugeMode::LiveSum) => self.value += other.value,
+            Some(GaugeMode::Min | GaugeMode::LiveMin) => {
+                if other.value < self.value {
+                    self.value = other.value;
+                }
+            }
+            Some(GaugeMode::Max | GaugeMode::LiveMax) => {
+                if other.value > self.value {
+                    self.value = other.value;
+                }
+            }
+            Some(
+                GaugeMode::MostRecent
+                | GaugeMode::LiveMostRecent
+                | GaugeMode::All
+                | GaugeMode::LiveAll,
+            ) => {
+                if other.timestamp > self.timestamp {
+                    *self = *other;
+                }
+            }
+        }
+    }
+}
+
+/// A family while the files are merged.
+struct FamilyAcc<'a> {
+    name: String,
+    help: String,
+    kind: MetricType,
+    mode: Option<GaugeMode>,
+    /// For `all` and `liveall` gauges, whose series are per process: by key and pid.
+    per_pid: FxHashMap<(u32, &'a str), Acc>,
+}
+
+impl FamilyAcc<'_> {
+    fn keeps_pid(&self) -> bool {
+        self.mode.is_some_and(GaugeMode::keeps_pid)
+    }
+}
+
+/// One row of a family being finished: a series or a histogram bucket, with the bytes that
+/// order it: [`sort_key`] of its labels (for a bucket, all but `le`), then `00` and the bound
+/// (see [`bound_bytes`]) for a bucket, or `01` and the sample name; so a histogram's buckets
+/// come first among the samples of its labels, in order of their bounds.
+struct Row {
+    ident: Box<[u8]>,
+    labels_end: u32,
+    /// Index of the series' key, process and values in the family's members.
+    member: u32,
+}
+
+impl Row {
+    fn labels(&self) -> &[u8] {
+        &self.ident[..self.labels_end as usize]
+    }
+
+    fn is_bucket(&self) -> bool {
+        self.ident.get(self.labels_end as usize) == Some(&0)
+    }
+}
+
+/// Bytes of `bound` that sort as [`f64::total_cmp`] orders bounds.
+fn bound_bytes(bound: f64) -> [u8; 8] {
+    let bits = bound.to_bits();
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | 1 << 63
+    };
+    ordered.to_be_bytes()
+}
+
+/// A merged family: samples sorted, their names and labels borrowed from the decoded keys.
+struct MergedFamily<'a> {
+    name: String,
+    help: String,
+    kind: MetricType,
+    /// `{name}_bucket` and `{name}_count`, for histograms.
+    bucket_name: String,
+    count_name: String,
+    /// The bucket bounds written as `le` values.
+    bounds: Vec<String>,
+    samples: Vec<MergedSample<'a>>,
+}
+
+/// A merged sample: the sample name and labels of key `key`, less label `drop`, plus `extra`.
+#[derive(Clone, Copy)]
+struct MergedSample<'a> {
+    key: u32,
+    name: SampleName,
+    drop: Option<&'static str>,
+    extra: Extra<'a>,
+    value: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum SampleName {
+    Key,
+    Bucket,
+    Count,
+}
+
+#[derive(Clone, Copy)]
+enum Extra<'a> {
+    None,
+    Pid(&'a str),
+    /// An index into the family's `bounds`.
+    Le(u32),
+}
+
+/// A merged directory: what [`Collector::collect`] turns into owned families and
+/// [`Collector::encode_into`] writes directly.
+struct Merged<'k, 'a> {
+    decoded: &'k [Decoded<'k>],
+    families: Vec<MergedFamily<'a>>,
+    bad: Vec<BadFile>,
+    files_read: usize,
+}
+
+/// A merged family with the keys it borrows from, as the encoders read it.
+struct MergedView<'m, 'k, 'a> {
+    decoded: &'k [Decoded<'k>],
+    family: &'m MergedFamily<'a>,
+}
+
+impl FamilyView for MergedView<'_, '_, '_> {
+    fn name(&self) -> &str {
+        &self.family.name
+    }
+    fn help(&self) -> &str {
+        &self.family.help
+    }
+    fn kind(&self) -> MetricType {
+        self.family.kind
+    }
+    fn len(&self) -> usize {
+        self.family.samples.len()
+    }
+    fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
+        let fam = self.family;
+        let s = &fam.samples[i];
+        let key = &self.decoded[s.key as usize].key;
+        let extra = match s.extra {
+            Extra::None => None,
+            Extra::Pid(pid) => Some(("pid", pid)),
+            Extra::Le(b) => Some(("le", fam.bounds[b as usize].as_str())),
+        };
+        labels.clear();
+        labels.extend(key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+        if let Some(drop) = s.drop {
+            labels.retain(|(n, _)| *n != drop);
+        }
+        if let Some(extra) = extra {
+            let at = labels.partition_point(|(n, _)| *n < extra.0);
+            labels.insert(at, extra);
+        }
+        let name = match s.name {
+            SampleName::Key => key.sample.as_ref(),
+            SampleName::Bucket => fam.bucket_name.as_str(),
+            SampleName::Count => fam.count_name.as_str(),
+        };
+        (name, s.value)
+    }
+}
+
+impl Merged<'_, '_> {
+    fn views(&self) -> Vec<MergedView<'_, '_, '_>> {
+        self.families
+            .iter()
+            .map(|family| MergedView {
+                decoded: self.decoded,
+                family,
+            })
+            .collect()
+    }
+
+    /// The families with owned samples.
+    fn to_families(&self) -> Vec<MetricFamily> {
+        self.views()
+            .iter()
+            .map(|view| MetricFamily {
+                name: view.family.name.clone(),
+                help: view.family.help.clone(),
+                kind: view.family.kind,
+                samples: (0..view.len())
+                    .into_par_iter()
+                    .map_init(Vec::new, |labels, i| {
+                        let (name, value) = view.sample(i, labels);
+                        Sample {
+                            name: name.to_owned(),
+                            labels: labels
+                                .iter()
+                                .map(|(n, v)| (n.to_string(), v.to_string()))
+                                .collect(),
+                            value,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Finishes a family: its series in order, keys of one series merged, histogram buckets
+/// accumulated by bound with their `_count`.
+fn finish<'a>(
+    fam: FamilyAcc<'a>,
+    mut members: Vec<(u32, Option<&'a str>, Acc)>,
+    decoded: &[Decoded],
+) -> MergedFamily<'a> {
+    let histogram = fam.kind == MetricType::Histogram;
+    let gauge = fam.kind == MetricType::Gauge;
+    let bucket_of = |key: u32| {
+        let d = &decoded[key as usize];
+        (histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN))
+    };
+    let mut rows: Vec<Row> = members
+        .par_iter()
+        .enumerate()
+        .map_init(Vec::new, |labels, (member, &(key, pid, _))| {
+            let d = &decoded[key as usize];
+            let bucket = bucket_of(key);
+            labels.clear();
+            labels.extend(d.key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+            if bucket.is_some() {
+                labels.retain(|(n, _)| *n != "le");
+            } else if gauge {
+                // A gauge's labels never keep a `pid` of the key; `all` and `liveall` add the
+                // file's.
+                labels.retain(|(n, _)| *n != "pid");
+                if let Some(pid) = pid {
+                    let at = labels.partition_point(|(n, _)| *n < "pid");
+                    labels.insert(at, ("pid", pid));
+                }
+            }
+            let (mut ident, labels_end) = sort_key(labels, "");
+            match bucket {
+                Some(bound) => {
+                    ident.push(0);
+                    ident.extend_from_slice(&bound_bytes(bound));
+                }
+                None => {
+                    ident.push(1);
+                    escape_zeros(&mut ident, &d.key.sample);
+                }
+            }
+            Row {
+                ident: ident.into_boxed_slice(),
+                labels_end: labels_end as u32,
+                member: member as u32,
+            }
+        })
+        .collect();
+    rows.par_sort_unstable_by(|a, b| a.ident.cmp(&b.ident));
+    // Keys of one series are next to each other now: merge them. Bounds compare as floats, as
+    // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
+    rows.dedup_by(|row, kept| {
+        let same = if row.is_bucket() {
+            row.labels() == kept.labels()
+                && kept.is_bucket()
+                && bucket_of(members[row.member as usize].0)
+                    == bucket_of(members[kept.member as usize].0)
+        } else {
+            row.ident == kept.ident
+        };
+        if same {
+            let acc = members[row.member as usize].2;
+            members[kept.member as usize].2.combine(fam.mode, &acc);
+        }
+        same
+    });
+    let mut out = MergedFamily {
+        bucket_name: format!("{}_bucket", fam.name),
+        count_name: format!("{}_count", fam.name),
+        name: fam.name,
+        help: fam.help,
+        kind: fam.kind,
+        bounds: Vec::new(),
+        samples: Vec::with_capacity(rows.len()),
+    };
+    let drop = if gauge { Some("pid") } else { None };
+    let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut rows = rows.iter().peekable();
+    while let Some(row) = rows.next() {
+        let (key, pid, acc) = members[row.member as usize];
+        let Some(first_bound) = row.is_bucket().then(|| bucket_of(key)).flatten() else {
+            out.samples.push(MergedSample {
+                key,
+                name: SampleName::Key,
+                drop,
+                extra: pid.map_or(Extra::None, Extra::Pid),
+                value: acc.value,
+            });
+            continue;
+        };
+        // A histogram's buckets, accumulated in order of their bounds, then its `_count`.
+        let mut total = 0.0;
+        let mut bucket = Some((key, first_bound, acc));
+        while let Some((key, bound, acc)) = bucket {
+            total += acc.value;
+            let next = out.bounds.len() as u32;
+            let index = *bounds.entry(bound.to_bits()).or_insert_with(|| {
+                out.bounds.push(go_float(bound));
+                next
+            });
+            out.samples.push(MergedSample {
+                key,
+                name: SampleName::Bucket,
+                drop: Some("le"),
+                extra: Extra::Le(index),
+                value: total,
+            });
+            bucket = rows
+                .next_if(|r| r.is_bucket() && r.labels() == row.labels())
+                .map(|r| {
+                    let (key, _, acc) = members[r.member as usize];
+                    (key, bucket_of(key).unwrap_or(f64::NAN), acc)
+                });
+        }
+        out.samples.push(MergedSample {
+            key,
+            name: SampleName::Count,
+            drop: Some("le"),
+            extra: Extra::None,
+            value: total,
+        });
+        // The accumulated `_count` replaces a stored one, as in Python.
+        while rows
+            .next_if(|r| {
+                r.labels() == row.labels()
+                    && decoded[members[r.member as usize].0 as usize].key.sample == out.count_name
+            })
+            .is_some()
+        {}
+    }
+    out
+}
+
+/// Bytes that sort as `(labels, name)` compare: each string with its 0 bytes escaped as
+/// `00 FF` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
+/// is much cheaper than comparing the label vectors pair by pair. Also returns where the
+/// labels' part ends (after its `00 00`): those bytes compare as the labels alone do.
+fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec<u8>, usize) {
+    let mut key = Vec::with_capacity(
+        labels
+            .iter()
+            .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 4)
+            .sum::<usize>()
+            + name.len()
+            + 4,
+    );
+    let mut push = |s: &str| {
+        escape_zeros(&mut key, s);
+        key.extend_from_slice(&[0, 1]);
+    };
+    for (n, v) in labels {
+        push(n.as_ref());
+        push(v.as_ref());
+    }
+    push("");
+    // `push("")` wrote `00 01`; the end of the labels must sort below any label: `00 00`.
+    let labels_end = key.len();
+    key[labels_end - 1] = 0;
+    escape_zeros(&mut key, name);
+    (key, labels_end)
+}
+
+/// Appends `s` with its 0 bytes written as `00 FF`.
+fn escape_zeros(key: &mut Vec<u8>, s: &str) {
+    if !s.as_bytes().contains(&0) {
+        key.extend_from_slice(s.as_bytes());
+        return;
+    }
+    for &b in s.as_bytes() {
+        if b == 0 {
+            key.extend_from_slice(&[0, 0xff]);
+        } else {
+            key.push(b);
         }
     }
 }
@@ -926,8 +1232,8 @@ fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
 }
 
 impl Merge<'_> {
-    /// The merged families, the bad files and the number of files merged.
-    fn run(self) -> (Vec<MetricFamily>, Vec<BadFile>, usize) {
+    /// Reads and merges the files, and hands the result to `then`.
+    fn run<R>(self, then: impl FnOnce(Merged) -> R) -> R {
         // 1. Read the files in runs of consecutive files, one run per task, each through one
         //    buffer: only the distinct keys are kept, not the files' bytes.
         let per_chunk = self
@@ -971,16 +1277,18 @@ impl Merge<'_> {
             })
             .collect();
         // 3. Decode the distinct keys, in parallel.
-        let mut decoded: Vec<Result<Decoded, KeyError>> = distinct
+        let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
+            chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
+        let decoded: Vec<Decoded> = distinct
             .par_iter()
-            .map(|&(c, id)| Decoded::new(chunks[c as usize].keys.key(id)))
+            .map(|&(c, id)| Decoded::new(tables[c as usize].key(id)))
             .collect();
         let mut bad = Vec::new();
         let mut files = Vec::with_capacity(self.inputs.len());
-        let loaded = chunks
+        let loaded = loaded
             .into_iter()
             .zip(&renumbered)
-            .flat_map(|(c, ids)| c.files.into_iter().map(move |f| (f, ids)));
+            .flat_map(|(files, ids)| files.into_iter().map(move |f| (f, ids)));
         for (input, (loaded, ids)) in self.inputs.iter().zip(loaded) {
             match (loaded, &input.name) {
                 (Loaded::Entries(entries), Ok(name)) => {
@@ -992,110 +1300,94 @@ impl Merge<'_> {
         }
         let mut files_read = 0;
 
-        // 4. Merge file by file, in name order; a file with a bad key is left out whole.
+        // 4. Merge file by file, in name order, into one accumulator per key (per key and
+        //    process for `all` gauges); a file with a bad key is left out whole.
+        const UNSEEN: u32 = u32::MAX;
+        let mut family_of: Vec<u32> = vec![UNSEEN; decoded.len()];
+        let mut accs: Vec<Acc> = vec![Acc::default(); decoded.len()];
         let mut families: Vec<FamilyAcc> = Vec::new();
-        let mut family_index: FxHashMap<String, u32> = FxHashMap::default();
-        let mut cache: Vec<Option<Target>> = vec![None; distinct.len()];
-        for (path, name, entries, ids) in files {
+        let mut family_index: FxHashMap<&str, u32> = FxHashMap::default();
+        for (number, (path, name, entries, ids)) in files.into_iter().enumerate() {
             if let Some(problem) = check_keys(path, name, &entries.keys, ids, &decoded) {
                 bad.push(problem);
                 continue;
             }
             let kind = name.kind;
+            let mut warned = UNSEEN;
             for (j, (&local, &value)) in entries.keys.ids.iter().zip(&entries.values).enumerate() {
                 let key = ids[local as usize];
                 let timestamp = entries.timestamps.get(j).copied().unwrap_or(0.0);
-                let Ok(d) = &mut decoded[key as usize] else {
-                    continue;
-                };
-                let target = match cache[key as usize] {
-                    Some(t) => Some(t),
-                    _ => {
-                        let mut known = family_index.get(d.key.metric.as_str()).copied();
-                        let f = *known.get_or_insert_with(|| {
-                            family_index.insert(d.key.metric.clone(), families.len() as u32);
-                            families.push(FamilyAcc {
-                                name: d.key.metric.clone(),
-                                help: d.key.help.clone(),
-                                kind,
-                                mode: name.mode,
-                                accs: Vec::new(),
-                                series_index: FxHashMap::default(),
-                                groups: Vec::new(),
-                                group_index: FxHashMap::default(),
-                            });
-                            families.len() as u32 - 1
+                let mut f = family_of[key as usize];
+                if f == UNSEEN {
+                    let d = &decoded[key as usize];
+                    f = *family_index.entry(&d.key.metric).or_insert_with(|| {
+                        families.push(FamilyAcc {
+                            name: d.key.metric.to_string(),
+                            help: d.key.help.to_string(),
+                            kind,
+                            mode: name.mode,
+                            per_pid: FxHashMap::default(),
                         });
-                        let fam = &mut families[f as usize];
-                        if fam.kind != kind {
-                            log::warn!(
-                                "{}: family {:?} is a {} in other files, its {} samples here are ignored",
-                                path.display(),
-                                fam.name,
-                                fam.kind,
-                                kind
-                            );
-                            None
-                        } else {
-                            // A series with a `pid` label depends on the file, not only the key;
-                            // any other is cached, so the key's strings can move into it.
-                            let cacheable = !fam.mode.is_some_and(GaugeMode::keeps_pid);
-                            let t = target_for(fam, f, d, name, cacheable);
-                            if cacheable {
-                                cache[key as usize] = Some(t);
-                            }
-                            Some(t)
-                        }
-                    }
-                };
-                let Some(target) = target else { continue };
-                let f = match target {
-                    Target::Series(_, f) | Target::Bucket(_, _, f) => f,
-                };
+                        families.len() as u32 - 1
+                    });
+                    family_of[key as usize] = f;
+                }
                 let fam = &mut families[f as usize];
-                if fam.kind == kind {
-                    fam.apply(target, value, timestamp);
+                if fam.kind != kind {
+                    if warned != f {
+                        log::warn!(
+                            "{}: family {:?} is a {} in other files, its {} samples here are ignored",
+                            path.display(),
+                            fam.name,
+                            fam.kind,
+                            kind
+                        );
+                        warned = f;
+                    }
+                    continue;
+                }
+                if fam.keeps_pid() {
+                    // Exact: fewer than 2^21 files of fewer than 2^32 entries.
+                    let written = number as f64 * 4_294_967_296.0 + j as f64;
+                    fam.per_pid
+                        .entry((key, name.pid.as_str()))
+                        .or_default()
+                        .apply(fam.mode, value, timestamp, written);
+                } else {
+                    accs[key as usize].apply(fam.mode, value, timestamp, 0.0);
                 }
             }
             files_read += 1;
         }
-        let mut out: Vec<MetricFamily> = families.into_iter().map(FamilyAcc::finish).collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        (out, bad, files_read)
-    }
-}
+        drop(family_index);
 
-/// Where an entry with key `d` of a file named `file` goes in family `fam` (index `f`).
-///
-/// With `take`, the key's sample name and labels move into the series (the target is cached
-/// and the key never needed again); otherwise they are copied.
-fn target_for(fam: &mut FamilyAcc, f: u32, d: &mut Decoded, file: &FileName, take: bool) -> Target {
-    let key = &mut d.key;
-    let (sample, labels) = if take {
-        (
-            std::mem::take(&mut key.sample),
-            std::mem::take(&mut key.labels),
-        )
-    } else {
-        (key.sample.clone(), key.labels.clone())
-    };
-    match fam.kind {
-        MetricType::Histogram if d.has_le => {
-            let labels: Vec<(String, String)> =
-                labels.into_iter().filter(|(n, _)| n != "le").collect();
-            let (g, b) = fam.bucket_slot(labels, d.le.unwrap_or(f64::NAN));
-            Target::Bucket(g, b, f)
-        }
-        MetricType::Gauge => {
-            let mut labels: Vec<(String, String)> =
-                labels.into_iter().filter(|(n, _)| n != "pid").collect();
-            if fam.mode.is_some_and(GaugeMode::keeps_pid) {
-                let at = labels.partition_point(|(n, _)| n.as_str() < "pid");
-                labels.insert(at, ("pid".to_owned(), file.pid.clone()));
+        // 5. Each family's series in order, on every core.
+        let mut members: Vec<Vec<(u32, Option<&str>, Acc)>> = vec![Vec::new(); families.len()];
+        for (key, (&f, acc)) in family_of.iter().zip(&accs).enumerate() {
+            if f != UNSEEN && acc.set {
+                members[f as usize].push((key as u32, None, *acc));
             }
-            Target::Series(fam.series_slot(sample, labels), f)
         }
-        _ => Target::Series(fam.series_slot(sample, labels), f),
+        for (f, fam) in families.iter_mut().enumerate() {
+            members[f].extend(
+                std::mem::take(&mut fam.per_pid)
+                    .into_iter()
+                    .filter(|(_, acc)| acc.set)
+                    .map(|((key, pid), acc)| (key, Some(pid), acc)),
+            );
+        }
+        let mut merged: Vec<MergedFamily> = families
+            .into_iter()
+            .zip(members)
+            .map(|(fam, members)| finish(fam, members, &decoded))
+            .collect();
+        merged.sort_by(|a, b| a.name.cmp(&b.name));
+        then(Merged {
+            decoded: &decoded,
+            families: merged,
+            bad,
+            files_read,
+        })
     }
 }
 
@@ -1105,17 +1397,18 @@ fn check_keys(
     name: &FileName,
     keys: &KeyList,
     ids: &[u32],
-    decoded: &[Result<Decoded, KeyError>],
+    decoded: &[Decoded],
 ) -> Option<BadFile> {
     for (&local, &at) in keys.ids.iter().zip(&keys.offsets) {
         let at = at as usize;
-        let problem = match &decoded[ids[local as usize] as usize] {
-            Err(k) => Some((at + 4 + k.offset, format!("entry at offset {at}: {k}"))),
-            Ok(d) if name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => Some((
+        let d = &decoded[ids[local as usize] as usize];
+        let problem = match &d.error {
+            Some(k) => Some((at + 4 + k.offset, format!("entry at offset {at}: {k}"))),
+            None if name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => Some((
                 at + 4,
                 format!("entry at offset {at}: `le` label is not a number"),
             )),
-            Ok(_) => None,
+            None => None,
         };
         if let Some((offset, message)) = problem {
             return Some(BadFile {
@@ -1145,10 +1438,11 @@ mod tests {
         fn sort_key_orders_like_labels_then_name(
             a in labels(), an in "[\\x00a]{0,2}", b in labels(), bn in "[\\x00a]{0,2}"
         ) {
-            prop_assert_eq!(
-                sort_key(&a, &an).cmp(&sort_key(&b, &bn)),
-                (&a, &an).cmp(&(&b, &bn))
-            );
+            let (ka, la) = sort_key(&a, &an);
+            let (kb, lb) = sort_key(&b, &bn);
+            prop_assert_eq!(ka.cmp(&kb), (&a, &an).cmp(&(&b, &bn)));
+            // The labels' part alone compares as the labels do.
+            prop_assert_eq!(ka[..la].cmp(&kb[..lb]), a.cmp(&b));
         }
     }
 }

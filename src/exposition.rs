@@ -94,47 +94,146 @@ pub fn encode(families: &[MetricFamily], format: Format) -> String {
 
 /// Appends `families` written in `format` to `out`; see [`encode`].
 pub fn encode_into(families: &[MetricFamily], format: Format, out: &mut String) {
+    let views: Vec<&dyn FamilyView> = families.iter().map(|f| f as &dyn FamilyView).collect();
+    encode_views(&views, format, out);
+}
+
+/// A family as the encoders read it: what [`MetricFamily`] holds, or a merged family that
+/// borrows its strings from the files' keys (see `Collector::encode_into`).
+pub(crate) trait FamilyView: Sync {
+    /// The stored family name.
+    fn name(&self) -> &str;
+    fn help(&self) -> &str;
+    fn kind(&self) -> MetricType;
+    fn len(&self) -> usize;
+    /// Sample `i`: its name and value, its labels (sorted by name) put in `labels`.
+    fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64);
+}
+
+impl FamilyView for MetricFamily {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn help(&self) -> &str {
+        &self.help
+    }
+    fn kind(&self) -> MetricType {
+        self.kind
+    }
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+    fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
+        let s: &Sample = &self.samples[i];
+        labels.clear();
+        labels.extend(s.labels.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        (&s.name, s.value)
+    }
+}
+
+/// Families of at least this many samples are written on every core, in runs of this many.
+const PARALLEL_RUN: usize = 8192;
+
+/// Writes `families` in `format`, in the order given.
+pub(crate) fn encode_views(families: &[&dyn FamilyView], format: Format, out: &mut String) {
     out.reserve(estimated_len(families));
-    match format {
-        Format::Text => {
-            let mut deferred = Vec::new();
-            for family in families {
-                write_text_family(out, family, &mut deferred);
+    let mut deferred = Vec::new();
+    for &family in families {
+        let text = format == Format::Text;
+        let name = family_name(family);
+        let suffix = if text && family.kind() == MetricType::Counter {
+            "_total"
+        } else {
+            ""
+        };
+        let kind = family.kind().as_str();
+        write_header(out, name, suffix, family.help(), kind, !text);
+        deferred.clear();
+        if family.len() < 2 * PARALLEL_RUN {
+            write_samples(out, family, 0..family.len(), text, &mut deferred);
+        } else {
+            use rayon::prelude::*;
+            let runs: Vec<(String, Vec<(usize, usize)>)> = (0..family.len())
+                .step_by(PARALLEL_RUN)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|start| {
+                    let end = (start + PARALLEL_RUN).min(family.len());
+                    let mut text_run = String::with_capacity(PARALLEL_RUN * 96);
+                    let mut deferred = Vec::new();
+                    write_samples(&mut text_run, family, start..end, text, &mut deferred);
+                    (text_run, deferred)
+                })
+                .collect();
+            for (text_run, run_deferred) in runs {
+                out.push_str(&text_run);
+                deferred.extend(run_deferred);
             }
         }
-        Format::OpenMetrics => {
-            for family in families {
-                write_header(
-                    out,
-                    family_name(family),
-                    "",
-                    &family.help,
-                    family.kind.as_str(),
-                    true,
-                );
-                for sample in &family.samples {
-                    write_sample(out, sample);
+        // Python's text encoder moves these samples out of their family, each suffix into a
+        // gauge family of its own after the family's other samples.
+        let mut labels = Vec::new();
+        for (which, suffix) in TEXT_GAUGE_SUFFIXES.iter().enumerate() {
+            let mut samples = deferred.iter().filter(|&&(w, _)| w == which).peekable();
+            if samples.peek().is_some() {
+                write_header(out, family.name(), suffix, family.help(), "gauge", false);
+                for &(_, index) in samples {
+                    let (name, value) = family.sample(index, &mut labels);
+                    write_sample(out, name, &labels, value);
                 }
             }
-            out.push_str("# EOF\n");
         }
+    }
+    if format == Format::OpenMetrics {
+        out.push_str("# EOF\n");
+    }
+}
+
+/// Writes the samples `range` of `family`; in the text format, those whose names end in one of
+/// [`TEXT_GAUGE_SUFFIXES`] go to `deferred` instead, as (suffix, index).
+fn write_samples(
+    out: &mut String,
+    family: &dyn FamilyView,
+    range: std::ops::Range<usize>,
+    text: bool,
+    deferred: &mut Vec<(usize, usize)>,
+) {
+    let mut labels = Vec::new();
+    for index in range {
+        let (name, value) = family.sample(index, &mut labels);
+        if text {
+            let gauge_suffix = name.strip_prefix(family.name()).and_then(|rest| {
+                TEXT_GAUGE_SUFFIXES
+                    .iter()
+                    .position(|&suffix| suffix == rest)
+            });
+            if let Some(which) = gauge_suffix {
+                deferred.push((which, index));
+                continue;
+            }
+        }
+        write_sample(out, name, &labels, value);
     }
 }
 
 /// A guess at the encoded size, so that large outputs are not copied over and over as they grow.
-fn estimated_len(families: &[MetricFamily]) -> usize {
+fn estimated_len(families: &[&dyn FamilyView]) -> usize {
+    let mut labels = Vec::new();
     families
         .iter()
         .map(|family| {
-            let line = family.samples.first().map_or(0, |s| {
-                s.name.len()
-                    + s.labels
+            let line = if family.len() == 0 {
+                0
+            } else {
+                let (name, _) = family.sample(0, &mut labels);
+                name.len()
+                    + labels
                         .iter()
                         .map(|(k, v)| k.len() + v.len() + 4)
                         .sum::<usize>()
                     + 26
-            });
-            2 * (family.name.len() + 24) + family.help.len() + line * family.samples.len()
+            };
+            2 * (family.name().len() + 24) + family.help().len() + line * family.len()
         })
         .sum::<usize>()
         + 6
@@ -143,41 +242,6 @@ fn estimated_len(families: &[MetricFamily]) -> usize {
 /// Suffixes of samples that Python's text encoder moves out of their family, in the order it
 /// writes them (sorted), each into a gauge family of its own after the family's other samples.
 const TEXT_GAUGE_SUFFIXES: [&str; 3] = ["_created", "_gcount", "_gsum"];
-
-/// Writes one family in the text format; `deferred` is scratch space kept between families.
-fn write_text_family(out: &mut String, family: &MetricFamily, deferred: &mut Vec<(usize, usize)>) {
-    let suffix = if family.kind == MetricType::Counter {
-        "_total"
-    } else {
-        ""
-    };
-    let kind = family.kind.as_str();
-    write_header(out, family_name(family), suffix, &family.help, kind, false);
-    deferred.clear();
-    for (index, sample) in family.samples.iter().enumerate() {
-        let gauge_suffix = sample
-            .name
-            .strip_prefix(family.name.as_str())
-            .and_then(|rest| {
-                TEXT_GAUGE_SUFFIXES
-                    .iter()
-                    .position(|&suffix| suffix == rest)
-            });
-        match gauge_suffix {
-            Some(which) => deferred.push((which, index)),
-            None => write_sample(out, sample),
-        }
-    }
-    for (which, suffix) in TEXT_GAUGE_SUFFIXES.iter().enumerate() {
-        let mut samples = deferred.iter().filter(|&&(w, _)| w == which).peekable();
-        if samples.peek().is_some() {
-            write_header(out, &family.name, suffix, &family.help, "gauge", false);
-            for &(_, index) in samples {
-                write_sample(out, &family.samples[index]);
-            }
-        }
-    }
-}
 
 /// The name a family is written under: the stored name, except for a counter stored as
 /// `x_total`.
@@ -189,13 +253,14 @@ fn write_text_family(out: &mut String, family: &MetricFamily, deferred: &mut Vec
 /// family). Dropping the suffix, as Python does when a counter is created, gives
 /// `# TYPE x counter` / `# TYPE x_total counter`, under which `x_total` samples are the counter's
 /// own; samples named `x_total_total` still parse, as an untyped family of their own.
-fn family_name(family: &MetricFamily) -> &str {
-    match family.kind {
-        MetricType::Counter => match family.name.strip_suffix("_total") {
+fn family_name(family: &dyn FamilyView) -> &str {
+    let name = family.name();
+    match family.kind() {
+        MetricType::Counter => match name.strip_suffix("_total") {
             Some(base) if !base.is_empty() => base,
-            _ => &family.name,
+            _ => name,
         },
-        _ => &family.name,
+        _ => name,
     }
 }
 
@@ -221,11 +286,11 @@ fn write_header(
 }
 
 /// Writes one sample line: `name{label="value",...} value`.
-fn write_sample(out: &mut String, sample: &Sample) {
-    write_name(out, &sample.name, "", NameKind::Metric);
-    write_labels(out, &sample.labels);
+fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    write_name(out, name, "", NameKind::Metric);
+    write_labels(out, labels);
     out.push(' ');
-    write_value(out, sample.value);
+    write_value(out, value);
     out.push('\n');
 }
 
@@ -249,7 +314,7 @@ fn write_value(out: &mut String, value: f64) {
 
 /// Writes `{a="1",b="2"}`, or nothing for no labels. Of labels whose names become equal once
 /// escaped, only the first is written.
-fn write_labels(out: &mut String, labels: &[(String, String)]) {
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
         return;
     }
@@ -904,6 +969,40 @@ mod tests {
              # HELP x h\n# TYPE x gauge\nx 1.0\n\
              # HELP x h\n# TYPE x gauge\nx 1.0\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn large_families_written_on_every_core_keep_their_order() {
+        // Enough samples for several parallel runs, every third one a `_created` sample that
+        // the text format moves after the others.
+        let n = 5 * PARALLEL_RUN + 123;
+        let samples: Vec<Sample> = (0..n)
+            .map(|i| Sample {
+                name: if i % 3 == 0 { "c_created" } else { "c_total" }.to_owned(),
+                labels: vec![("i".to_owned(), format!("{i:06}"))],
+                value: i as f64,
+            })
+            .collect();
+        let families = [MetricFamily {
+            name: "c".into(),
+            help: "h".into(),
+            kind: MetricType::Counter,
+            samples,
+        }];
+        let line = |i: usize| {
+            let name = if i % 3 == 0 { "c_created" } else { "c_total" };
+            format!("{name}{{i=\"{i:06}\"}} {i}.0\n")
+        };
+        let mut text = String::from("# HELP c_total h\n# TYPE c_total counter\n");
+        text.extend((0..n).filter(|i| i % 3 != 0).map(line));
+        text.push_str("# HELP c_created h\n# TYPE c_created gauge\n");
+        text.extend((0..n).filter(|i| i % 3 == 0).map(line));
+        assert_eq!(encode(&families, Format::Text), text);
+
+        let mut openmetrics = String::from("# HELP c h\n# TYPE c counter\n");
+        openmetrics.extend((0..n).map(line));
+        openmetrics.push_str("# EOF\n");
+        assert_eq!(encode(&families, Format::OpenMetrics), openmetrics);
     }
 
     #[test]

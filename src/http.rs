@@ -72,7 +72,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::collector::{Collector, MetricFamily};
+use crate::collector::{CollectError, Collector, MetricFamily};
 use crate::exposition::{encode_into, Format};
 
 pub use hyper::http::{Method, Request, Response, StatusCode};
@@ -353,25 +353,32 @@ pub fn scrape_response<B>(collector: &Collector, request: &Request<B>) -> Respon
     let headers = request.headers();
     let format = negotiate(&joined(headers, header::ACCEPT));
     let gzip = accepts_gzip(&joined(headers, header::ACCEPT_ENCODING));
-    let mut scrape = match collector.collect() {
-        Ok(scrape) => scrape,
-        Err(e) => {
-            log::error!("scrape failed, answered 503: {e}");
-            return strip_body_for_head(
-                method,
-                plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("scrape failed: {e}"),
-                ),
-            );
-        }
+    let failed = |e: CollectError| {
+        log::error!("scrape failed, answered 503: {e}");
+        strip_body_for_head(
+            method,
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("scrape failed: {e}"),
+            ),
+        )
     };
-    if let Some(names) = requested_names(request.uri().query()) {
-        restrict(&mut scrape.families, &names);
-    }
     let mut text = String::new();
-    encode_into(&scrape.families, format, &mut text);
-    drop(scrape);
+    match requested_names(request.uri().query()) {
+        // Only some samples: the owned families, filtered.
+        Some(names) => match collector.collect() {
+            Ok(mut scrape) => {
+                restrict(&mut scrape.families, &names);
+                encode_into(&scrape.families, format, &mut text);
+            }
+            Err(e) => return failed(e),
+        },
+        None => {
+            if let Err(e) = collector.encode_into(format, &mut text) {
+                return failed(e);
+            }
+        }
+    }
     let mut body = text.into_bytes();
     let mut response_headers = HeaderMap::new();
     response_headers.insert(

@@ -98,6 +98,22 @@ fn scrape_ours(dir: &Path) -> (String, Vec<MetricFamily>) {
         first.bad_files
     );
     let text = encode(&first.families, Format::Text);
+    // The scrape endpoint's path, which writes straight from the keys, writes the same.
+    for format in [Format::Text, Format::OpenMetrics] {
+        let mut direct = String::new();
+        Collector::new(dir)
+            .encode_into(format, &mut direct)
+            .expect("encode_into");
+        let collected = encode(&first.families, format);
+        assert!(
+            direct == collected,
+            "Collector::encode_into differs from encoding the collected families ({format:?}):
+--- encode_into ---
+{direct}
+--- collect + encode ---
+{collected}"
+        );
+    }
     let second = Collector::new(dir).collect().expect("collect again");
     let again = encode(&second.families, Format::Text);
     assert!(
@@ -225,6 +241,61 @@ fn op(metric: usize, labels: &[&str], op: &str, value: f64) -> Value {
 }
 
 // ---------------------------------------------------------------- gauges
+
+/// Writes a file of raw keys, as any JSON writer might spell them.
+fn raw_file(dir: &Path, name: &str, entries: &[(&str, f64, f64)]) {
+    let bytes = prometheus_multiproc::format::layout::write_file(
+        entries.iter().map(|(k, v, t)| (k.as_bytes(), *v, *t)),
+    );
+    std::fs::write(dir.join(name), bytes).expect("write file");
+}
+
+#[test]
+fn keys_of_one_series_spelled_differently_merge_like_python() {
+    let Some(py) = common::python() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The same series spelled three ways (spacing, label order, escapes): Python decodes the
+    // JSON and merges them; so must we, in every merge mode.
+    let spellings = [
+        r#"["c", "c_total", {"a": "1", "b": "x"}, "h"]"#,
+        r#"["c","c_total",{"b":"x","a":"1"},"h"]"#,
+        r#"[ "c" , "c_total" , { "a" : "\u0031" , "b" : "x" } , "h" ]"#,
+    ];
+    for (i, key) in spellings.iter().enumerate() {
+        let other = format!(r#"["c", "c_total", {{"a": "{i}"}}, "h"]"#);
+        raw_file(
+            dir.path(),
+            &format!("counter_{}.db", 10 + i),
+            &[(key, 1.5 * (i + 1) as f64, 0.0), (&other, 0.25, 0.0)],
+        );
+        // Two spellings in one file, too.
+        let gauge = |mode: &str| format!(r#"["g_{mode}", "g_{mode}", {{"a": "1"}}, "h"]"#);
+        let gauge_spaced = |mode: &str| format!(r#"["g_{mode}","g_{mode}",{{"a":"1"}},"h"]"#);
+        for mode in ["max", "min", "sum", "mostrecent", "all"] {
+            let (g, gs) = (gauge(mode), gauge_spaced(mode));
+            raw_file(
+                dir.path(),
+                &format!("gauge_{mode}_{}.db", 10 + i),
+                &[
+                    (&g, i as f64 + 0.5, 100.0 + i as f64),
+                    (&gs, i as f64 - 4.0, 200.0 + i as f64),
+                ],
+            );
+        }
+        // Bucket bounds spelled `1.0` and `1` are one bucket, as Python's float() makes them.
+        let bound = if i == 1 { "1" } else { "1.0" };
+        let h = |sample: &str, labels: &str| format!(r#"["h", "{sample}", {{{labels}}}, "h"]"#);
+        let le_first = h("h_bucket", &format!(r#""le": "{bound}", "z": "1""#));
+        let inf = h("h_bucket", r#""le": "+Inf", "z": "1""#);
+        let sum = h("h_sum", r#""z": "1""#);
+        raw_file(
+            dir.path(),
+            &format!("histogram_{}.db", 10 + i),
+            &[(&sum, 2.0, 0.0), (&le_first, 1.0, 0.0), (&inf, 1.0, 0.0)],
+        );
+    }
+    compare_dir(&py, dir.path(), &|| "differently spelled keys".to_owned());
+}
 
 #[test]
 fn all_ten_gauge_modes_merge_like_python() {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use prometheus_multiproc::collector::{dir_from_env, Collector, DIR_ENV};
-use prometheus_multiproc::exposition::{encode, Format};
+use prometheus_multiproc::exposition::Format;
 use prometheus_multiproc::liveness::mark_process_dead;
 use prometheus_multiproc_format::{filename::FileName, float::python_repr, key, layout};
 
@@ -97,24 +97,21 @@ fn dump(dir: Option<PathBuf>, format: OutputFormat) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let scrape = match collector.collect() {
+    let format = match format {
+        OutputFormat::Text => Format::Text,
+        OutputFormat::Openmetrics => Format::OpenMetrics,
+    };
+    let mut text = String::new();
+    let summary = match collector.encode_into(format, &mut text) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("prom-multiproc: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    for bad in &scrape.bad_files {
+    for bad in &summary.bad_files {
         eprintln!("prom-multiproc: skipped bad file ({}) {bad}", bad.reason);
     }
-    let format = match format {
-        OutputFormat::Text => Format::Text,
-        OutputFormat::Openmetrics => Format::OpenMetrics,
-    };
-    let text = encode(&scrape.families, format);
-    // Freeing hundreds of thousands of samples one by one only delays the exit: the process
-    // ends right after writing, and the memory goes back with it.
-    std::mem::forget(scrape);
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         if e.kind() != std::io::ErrorKind::BrokenPipe {

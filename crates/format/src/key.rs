@@ -6,6 +6,7 @@
 //! point. [`encode_key`] writes exactly those bytes; [`decode_key`] reads any JSON text of that
 //! shape, whatever its spacing or escapes, and rejects everything else with a [`KeyError`].
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A decoded key: which family and sample a value belongs to, its labels and the help text.
@@ -19,6 +20,46 @@ pub struct Key {
     pub labels: Vec<(String, String)>,
     /// The help text of the family.
     pub help: String,
+}
+
+/// A decoded key that borrows from the key's bytes wherever a string has no escape (nearly
+/// always): what a reader that decodes many keys uses, to allocate only the label list.
+///
+/// ```
+/// use prometheus_multiproc_format::key::decode_key_ref;
+///
+/// let k = decode_key_ref(br#"["x", "x_total", {"a": "\u00e9", "b": "2"}, "Help."]"#).unwrap();
+/// assert_eq!(k.sample, "x_total");
+/// assert_eq!(k.labels[0].1, "é"); // unescaped: an owned string
+/// assert!(matches!(k.labels[1].1, std::borrow::Cow::Borrowed("2")));
+/// assert_eq!(k.into_owned().metric, "x");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    /// The family name.
+    pub metric: Cow<'a, str>,
+    /// The sample name.
+    pub sample: Cow<'a, str>,
+    /// Label names and values, sorted by name, names unique.
+    pub labels: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// The help text of the family.
+    pub help: Cow<'a, str>,
+}
+
+impl KeyRef<'_> {
+    /// The same key with owned strings.
+    pub fn into_owned(self) -> Key {
+        Key {
+            metric: self.metric.into_owned(),
+            sample: self.sample.into_owned(),
+            labels: self
+                .labels
+                .into_iter()
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect(),
+            help: self.help.into_owned(),
+        }
+    }
 }
 
 /// Why a key could not be decoded, with the byte offset inside the key where it went wrong.
@@ -128,6 +169,12 @@ pub fn write_json_string(out: &mut String, s: &str) {
 /// assert!(decode_key(b"[\"x\"").is_err());
 /// ```
 pub fn decode_key(bytes: &[u8]) -> Result<Key, KeyError> {
+    decode_key_ref(bytes).map(KeyRef::into_owned)
+}
+
+/// Decodes a key as [`decode_key`] does, borrowing its strings from `bytes` where they have no
+/// escapes.
+pub fn decode_key_ref(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
     let mut p = Parser { b: bytes, pos: 0 };
     p.ws();
     p.expect(b'[')?;
@@ -137,7 +184,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<Key, KeyError> {
     p.comma()?;
     p.ws();
     p.expect(b'{')?;
-    let mut labels: Vec<(String, String)> = Vec::new();
+    let mut labels: Vec<(Cow<str>, Cow<str>)> = Vec::new();
     p.ws();
     if p.peek() == Some(b'}') {
         p.pos += 1;
@@ -171,7 +218,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<Key, KeyError> {
     if !labels.windows(2).all(|w| w[0].0 < w[1].0) {
         labels.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    Ok(Key {
+    Ok(KeyRef {
         metric,
         sample,
         labels,
@@ -184,7 +231,7 @@ struct Parser<'a> {
     pos: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err(&self, offset: usize, reason: &'static str) -> KeyError {
         KeyError { offset, reason }
     }
@@ -253,9 +300,22 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, KeyError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, KeyError> {
         self.ws();
         self.expect(b'"')?;
+        // The common case: no escape before the closing quote; borrowed.
+        let start = self.pos;
+        let rest = &self.b[start.min(self.b.len())..];
+        let run = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .unwrap_or(rest.len());
+        if rest.get(run) == Some(&b'"') {
+            let s = std::str::from_utf8(&rest[..run])
+                .map_err(|e| self.err(start + e.valid_up_to(), "invalid UTF-8"))?;
+            self.pos += run + 1;
+            return Ok(Cow::Borrowed(s));
+        }
         let mut out = String::new();
         loop {
             // Copy the run of plain bytes up to the next quote, backslash or control byte.
@@ -273,7 +333,7 @@ impl Parser<'_> {
             }
             match self.next() {
                 None => return Err(self.err(self.pos, "unterminated string")),
-                Some(b'"') => return Ok(out),
+                Some(b'"') => return Ok(Cow::Owned(out)),
                 Some(b'\\') => {
                     let at = self.pos - 1;
                     let c = match self.next() {
