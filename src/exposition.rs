@@ -978,7 +978,7 @@ mod tests {
         let n = 5 * PARALLEL_RUN + 123;
         let samples: Vec<Sample> = (0..n)
             .map(|i| Sample {
-                name: if i % 3 == 0 { "c_created" } else { "c_total" }.to_owned(),
+                name: if i.is_multiple_of(3) { "c_created" } else { "c_total" }.to_owned(),
                 labels: vec![("i".to_owned(), format!("{i:06}"))],
                 value: i as f64,
             })
@@ -990,13 +990,13 @@ mod tests {
             samples,
         }];
         let line = |i: usize| {
-            let name = if i % 3 == 0 { "c_created" } else { "c_total" };
+            let name = if i.is_multiple_of(3) { "c_created" } else { "c_total" };
             format!("{name}{{i=\"{i:06}\"}} {i}.0\n")
         };
         let mut text = String::from("# HELP c_total h\n# TYPE c_total counter\n");
-        text.extend((0..n).filter(|i| i % 3 != 0).map(line));
+        text.extend((0..n).filter(|i| !i.is_multiple_of(3)).map(line));
         text.push_str("# HELP c_created h\n# TYPE c_created gauge\n");
-        text.extend((0..n).filter(|i| i % 3 == 0).map(line));
+        text.extend((0..n).filter(|i| i.is_multiple_of(3)).map(line));
         assert_eq!(encode(&families, Format::Text), text);
 
         let mut openmetrics = String::from("# HELP c h\n# TYPE c counter\n");
