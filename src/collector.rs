@@ -880,20 +880,70 @@ impl FamilyAcc<'_> {
 /// order it: [`sort_key`] of its labels (for a bucket, all but `le`), then `00` and the bound
 /// (see [`bound_bytes`]) for a bucket, or `01` and the sample name; so a histogram's buckets
 /// come first among the samples of its labels, in order of their bounds.
+#[derive(Clone, Copy)]
 struct Row {
-    ident: Box<[u8]>,
+    /// Where the identity is: which of the family's arenas, from where, how long.
+    arena: u32,
+    start: u32,
+    len: u32,
+    /// Where its labels' part ends.
     labels_end: u32,
     /// Index of the series' key, process and values in the family's members.
     member: u32,
 }
 
 impl Row {
-    fn labels(&self) -> &[u8] {
-        &self.ident[..self.labels_end as usize]
+    fn ident<'i>(&self, arenas: &'i [Vec<u8>]) -> &'i [u8] {
+        let start = self.start as usize;
+        arenas[self.arena as usize]
+            .get(start..start + self.len as usize)
+            .unwrap_or_default()
     }
 
-    fn is_bucket(&self) -> bool {
-        self.ident.get(self.labels_end as usize) == Some(&0)
+    fn labels<'i>(&self, arenas: &'i [Vec<u8>]) -> &'i [u8] {
+        self.ident(arenas)
+            .get(..self.labels_end as usize)
+            .unwrap_or_default()
+    }
+
+    fn is_bucket(&self, arenas: &[Vec<u8>]) -> bool {
+        self.ident(arenas).get(self.labels_end as usize) == Some(&0)
+    }
+}
+
+/// The labels and sample name held in an identity, when none of its strings had a 0 byte to
+/// escape (nearly always): `None` otherwise, or for a bucket's (which has no name).
+fn parse_ident<'i>(
+    ident: &'i [u8],
+    labels_end: usize,
+    labels: &mut Vec<(&'i str, &'i str)>,
+) -> Option<Option<&'i str>> {
+    labels.clear();
+    // `name 00 01 value 00 01` per label, then `00 00`.
+    let mut rest = ident.get(..labels_end.checked_sub(2)?)?;
+    let next = |rest: &mut &'i [u8]| -> Option<&'i str> {
+        let end = rest.iter().position(|&b| b == 0)?;
+        if rest.get(end + 1) != Some(&1) {
+            return None;
+        }
+        let s = std::str::from_utf8(&rest[..end]).ok()?;
+        *rest = &rest[end + 2..];
+        Some(s)
+    };
+    while !rest.is_empty() {
+        let name = next(&mut rest)?;
+        let value = next(&mut rest)?;
+        labels.push((name, value));
+    }
+    match ident.get(labels_end)? {
+        1 => {
+            let name = &ident[labels_end + 1..];
+            if name.contains(&0) {
+                return None;
+            }
+            Some(Some(std::str::from_utf8(name).ok()?))
+        }
+        _ => Some(None),
     }
 }
 
@@ -918,12 +968,17 @@ struct MergedFamily<'a> {
     count_name: String,
     /// The bucket bounds written as `le` values.
     bounds: Vec<String>,
+    /// The identities of the rows (see [`Row`]).
+    arenas: Vec<Vec<u8>>,
     samples: Vec<MergedSample<'a>>,
 }
 
-/// A merged sample: the sample name and labels of key `key`, less label `drop`, plus `extra`.
+/// A merged sample: the labels (and sample name) held in the identity of `row`, plus the `le`
+/// of a bucket; which are the sample name and labels of key `key`, less label `drop`, plus
+/// `extra`.
 #[derive(Clone, Copy)]
 struct MergedSample<'a> {
+    row: Row,
     key: u32,
     name: SampleName,
     drop: Option<&'static str>,
@@ -977,23 +1032,38 @@ impl FamilyView for MergedView<'_, '_, '_> {
     fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
         let fam = self.family;
         let s = &fam.samples[i];
-        let key = &self.decoded[s.key as usize].key;
         let extra = match s.extra {
             Extra::None => None,
             Extra::Pid(pid) => Some(("pid", pid)),
             Extra::Le(b) => Some(("le", fam.bounds[b as usize].as_str())),
         };
-        labels.clear();
-        labels.extend(key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
-        if let Some(drop) = s.drop {
-            labels.retain(|(n, _)| *n != drop);
-        }
-        if let Some(extra) = extra {
-            let at = labels.partition_point(|(n, _)| *n < extra.0);
-            labels.insert(at, extra);
-        }
+        let ident = s.row.ident(&fam.arenas);
+        let name = match parse_ident(ident, s.row.labels_end as usize, labels) {
+            Some(name) => {
+                // The identity has the labels the sample keeps, a gauge's `pid` included.
+                if let Some(le) = extra.filter(|e| e.0 == "le") {
+                    let at = labels.partition_point(|(n, _)| *n < "le");
+                    labels.insert(at, le);
+                }
+                name
+            }
+            None => {
+                // A string with a 0 byte: the labels of the key.
+                let key = &self.decoded[s.key as usize].key;
+                labels.clear();
+                labels.extend(key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+                if let Some(drop) = s.drop {
+                    labels.retain(|(n, _)| *n != drop);
+                }
+                if let Some(extra) = extra {
+                    let at = labels.partition_point(|(n, _)| *n < extra.0);
+                    labels.insert(at, extra);
+                }
+                Some(key.sample.as_ref())
+            }
+        };
         let name = match s.name {
-            SampleName::Key => key.sample.as_ref(),
+            SampleName::Key => name.unwrap_or_else(|| &self.decoded[s.key as usize].key.sample),
             SampleName::Bucket => fam.bucket_name.as_str(),
             SampleName::Count => fam.count_name.as_str(),
         };
@@ -1052,54 +1122,72 @@ fn finish<'a>(
         let d = &decoded[key as usize];
         (histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN))
     };
-    let mut rows: Vec<Row> = members
-        .par_iter()
+    // Identities built on every core, each run of members into an arena of its own.
+    const RUN: usize = 4096;
+    let built: Vec<(Vec<u8>, Vec<Row>)> = members
+        .par_chunks(RUN)
         .enumerate()
-        .map_init(Vec::new, |labels, (member, &(key, pid, _))| {
-            let d = &decoded[key as usize];
-            let bucket = bucket_of(key);
-            labels.clear();
-            labels.extend(d.key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
-            if bucket.is_some() {
-                labels.retain(|(n, _)| *n != "le");
-            } else if gauge {
-                // A gauge's labels never keep a `pid` of the key; `all` and `liveall` add the
-                // file's.
-                labels.retain(|(n, _)| *n != "pid");
-                if let Some(pid) = pid {
-                    let at = labels.partition_point(|(n, _)| *n < "pid");
-                    labels.insert(at, ("pid", pid));
+        .map(|(arena, run)| {
+            let mut bytes = Vec::with_capacity(run.len() * 64);
+            let mut rows = Vec::with_capacity(run.len());
+            let mut labels: Vec<(&str, &str)> = Vec::new();
+            for (i, &(key, pid, _)) in run.iter().enumerate() {
+                let d = &decoded[key as usize];
+                let bucket = bucket_of(key);
+                labels.clear();
+                labels.extend(d.key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+                if bucket.is_some() {
+                    labels.retain(|(n, _)| *n != "le");
+                } else if gauge {
+                    // A gauge's labels never keep a `pid` of the key; `all` and `liveall` add
+                    // the file's.
+                    labels.retain(|(n, _)| *n != "pid");
+                    if let Some(pid) = pid {
+                        let at = labels.partition_point(|(n, _)| *n < "pid");
+                        labels.insert(at, ("pid", pid));
+                    }
                 }
-            }
-            let (mut ident, labels_end) = sort_key(labels, "");
-            match bucket {
-                Some(bound) => {
-                    ident.push(0);
-                    ident.extend_from_slice(&bound_bytes(bound));
+                let start = bytes.len();
+                let labels_end = sort_key_into(&mut bytes, &labels, "") - start;
+                match bucket {
+                    Some(bound) => {
+                        bytes.push(0);
+                        bytes.extend_from_slice(&bound_bytes(bound));
+                    }
+                    None => {
+                        bytes.push(1);
+                        escape_zeros(&mut bytes, &d.key.sample);
+                    }
                 }
-                None => {
-                    ident.push(1);
-                    escape_zeros(&mut ident, &d.key.sample);
-                }
+                rows.push(Row {
+                    arena: arena as u32,
+                    start: start as u32,
+                    len: (bytes.len() - start) as u32,
+                    labels_end: labels_end as u32,
+                    member: (arena * RUN + i) as u32,
+                });
             }
-            Row {
-                ident: ident.into_boxed_slice(),
-                labels_end: labels_end as u32,
-                member: member as u32,
-            }
+            (bytes, rows)
         })
         .collect();
-    rows.par_sort_unstable_by(|a, b| a.ident.cmp(&b.ident));
+    let mut arenas = Vec::with_capacity(built.len());
+    let mut rows = Vec::with_capacity(members.len());
+    for (bytes, run) in built {
+        arenas.push(bytes);
+        rows.extend(run);
+    }
+    let arenas_ref = &arenas;
+    rows.par_sort_unstable_by(|a, b| a.ident(arenas_ref).cmp(b.ident(arenas_ref)));
     // Keys of one series are next to each other now: merge them. Bounds compare as floats, as
     // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
     rows.dedup_by(|row, kept| {
-        let same = if row.is_bucket() {
-            row.labels() == kept.labels()
-                && kept.is_bucket()
+        let same = if row.is_bucket(&arenas) {
+            row.labels(&arenas) == kept.labels(&arenas)
+                && kept.is_bucket(&arenas)
                 && bucket_of(members[row.member as usize].0)
                     == bucket_of(members[kept.member as usize].0)
         } else {
-            row.ident == kept.ident
+            row.ident(&arenas) == kept.ident(&arenas)
         };
         if same {
             let acc = members[row.member as usize].2;
@@ -1114,6 +1202,7 @@ fn finish<'a>(
         help: fam.help,
         kind: fam.kind,
         bounds: Vec::new(),
+        arenas: Vec::new(),
         samples: Vec::with_capacity(rows.len()),
     };
     let drop = if gauge { Some("pid") } else { None };
@@ -1121,8 +1210,10 @@ fn finish<'a>(
     let mut rows = rows.iter().peekable();
     while let Some(row) = rows.next() {
         let (key, pid, acc) = members[row.member as usize];
-        let Some(first_bound) = row.is_bucket().then(|| bucket_of(key)).flatten() else {
+        let first_bound = row.is_bucket(&arenas).then(|| bucket_of(key)).flatten();
+        let Some(first_bound) = first_bound else {
             out.samples.push(MergedSample {
+                row: *row,
                 key,
                 name: SampleName::Key,
                 drop,
@@ -1133,8 +1224,8 @@ fn finish<'a>(
         };
         // A histogram's buckets, accumulated in order of their bounds, then its `_count`.
         let mut total = 0.0;
-        let mut bucket = Some((key, first_bound, acc));
-        while let Some((key, bound, acc)) = bucket {
+        let mut bucket = Some((row, key, first_bound, acc));
+        while let Some((r, key, bound, acc)) = bucket {
             total += acc.value;
             let next = out.bounds.len() as u32;
             let index = *bounds.entry(bound.to_bits()).or_insert_with(|| {
@@ -1142,6 +1233,7 @@ fn finish<'a>(
                 next
             });
             out.samples.push(MergedSample {
+                row: *r,
                 key,
                 name: SampleName::Bucket,
                 drop: Some("le"),
@@ -1149,13 +1241,14 @@ fn finish<'a>(
                 value: total,
             });
             bucket = rows
-                .next_if(|r| r.is_bucket() && r.labels() == row.labels())
+                .next_if(|r| r.is_bucket(&arenas) && r.labels(&arenas) == row.labels(&arenas))
                 .map(|r| {
                     let (key, _, acc) = members[r.member as usize];
-                    (key, bucket_of(key).unwrap_or(f64::NAN), acc)
+                    (r, key, bucket_of(key).unwrap_or(f64::NAN), acc)
                 });
         }
         out.samples.push(MergedSample {
+            row: *row,
             key,
             name: SampleName::Count,
             drop: Some("le"),
@@ -1165,12 +1258,13 @@ fn finish<'a>(
         // The accumulated `_count` replaces a stored one, as in Python.
         while rows
             .next_if(|r| {
-                r.labels() == row.labels()
+                r.labels(&arenas) == row.labels(&arenas)
                     && decoded[members[r.member as usize].0 as usize].key.sample == out.count_name
             })
             .is_some()
         {}
     }
+    out.arenas = arenas;
     out
 }
 
@@ -1178,6 +1272,7 @@ fn finish<'a>(
 /// `00 FF` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
 /// is much cheaper than comparing the label vectors pair by pair. Also returns where the
 /// labels' part ends (after its `00 00`): those bytes compare as the labels alone do.
+#[cfg(test)]
 fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec<u8>, usize) {
     let mut key = Vec::with_capacity(
         labels
@@ -1187,20 +1282,27 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec
             + name.len()
             + 4,
     );
-    let mut push = |s: &str| {
-        escape_zeros(&mut key, s);
-        key.extend_from_slice(&[0, 1]);
-    };
-    for (n, v) in labels {
-        push(n.as_ref());
-        push(v.as_ref());
-    }
-    push("");
-    // `push("")` wrote `00 01`; the end of the labels must sort below any label: `00 00`.
-    let labels_end = key.len();
-    key[labels_end - 1] = 0;
-    escape_zeros(&mut key, name);
+    let labels_end = sort_key_into(&mut key, labels, name);
     (key, labels_end)
+}
+
+/// Appends [`sort_key`]`(labels, name)` to `key`; returns where the labels' part ends.
+fn sort_key_into<N: AsRef<str>, V: AsRef<str>>(
+    key: &mut Vec<u8>,
+    labels: &[(N, V)],
+    name: &str,
+) -> usize {
+    for (n, v) in labels {
+        escape_zeros(key, n.as_ref());
+        key.extend_from_slice(&[0, 1]);
+        escape_zeros(key, v.as_ref());
+        key.extend_from_slice(&[0, 1]);
+    }
+    // The end of the labels must sort below any label (`00 01` ends the first string of one).
+    key.extend_from_slice(&[0, 0]);
+    let labels_end = key.len();
+    escape_zeros(key, name);
+    labels_end
 }
 
 /// Appends `s` with its 0 bytes written as `00 FF`.
@@ -1424,7 +1526,7 @@ fn check_keys(
 
 #[cfg(test)]
 mod tests {
-    use super::sort_key;
+    use super::{parse_ident, sort_key};
     use proptest::prelude::*;
 
     fn labels() -> impl Strategy<Value = Vec<(String, String)>> {
@@ -1443,6 +1545,24 @@ mod tests {
             prop_assert_eq!(ka.cmp(&kb), (&a, &an).cmp(&(&b, &bn)));
             // The labels' part alone compares as the labels do.
             prop_assert_eq!(ka[..la].cmp(&kb[..lb]), a.cmp(&b));
+        }
+
+        #[test]
+        fn identities_give_back_their_labels_and_name(a in labels(), an in "[\\x00a]{0,2}") {
+            let (mut ident, labels_end) = sort_key(&a, "");
+            ident.push(1);
+            ident.extend_from_slice(an.as_bytes());
+            let mut parsed = Vec::new();
+            let got = parse_ident(&ident, labels_end, &mut parsed);
+            let zeros = an.contains('\0') || a.iter().any(|(n, v)| n.contains('\0') || v.contains('\0'));
+            if zeros {
+                // Escaped 0 bytes: the caller reads the key instead.
+                prop_assert_eq!(got, None);
+            } else {
+                prop_assert_eq!(got, Some(Some(an.as_str())));
+                let want: Vec<(&str, &str)> = a.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                prop_assert_eq!(parsed, want);
+            }
         }
     }
 }

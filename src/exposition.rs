@@ -978,7 +978,12 @@ mod tests {
         let n = 5 * PARALLEL_RUN + 123;
         let samples: Vec<Sample> = (0..n)
             .map(|i| Sample {
-                name: if i.is_multiple_of(3) { "c_created" } else { "c_total" }.to_owned(),
+                name: if i.is_multiple_of(3) {
+                    "c_created"
+                } else {
+                    "c_total"
+                }
+                .to_owned(),
                 labels: vec![("i".to_owned(), format!("{i:06}"))],
                 value: i as f64,
             })
@@ -990,7 +995,11 @@ mod tests {
             samples,
         }];
         let line = |i: usize| {
-            let name = if i.is_multiple_of(3) { "c_created" } else { "c_total" };
+            let name = if i.is_multiple_of(3) {
+                "c_created"
+            } else {
+                "c_total"
+            };
             format!("{name}{{i=\"{i:06}\"}} {i}.0\n")
         };
         let mut text = String::from("# HELP c_total h\n# TYPE c_total counter\n");
