@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 use prometheus_multiproc_format::float::go_float;
-use prometheus_multiproc_format::key::{decode_key_ref, KeyError, KeyRef};
+use prometheus_multiproc_format::key::{decode_key_into, decode_key_ref, KeyError, KeyRef};
 use prometheus_multiproc_format::layout::{self, LayoutError};
 use rayon::prelude::*;
 
@@ -253,20 +253,21 @@ impl Collector {
 
     /// Reads every `*.db` file of the directory and merges them.
     pub fn collect(&self) -> Result<Scrape, CollectError> {
-        self.merge()?.run(|mut merged| {
-            let bad_files = report(std::mem::take(&mut merged.bad));
-            let mut families = merged.to_families();
-            let own = self.own_families(&bad_files, |name| {
-                families
-                    .binary_search_by(|f| f.name.as_str().cmp(name))
-                    .is_ok()
-            });
-            families = merge_by_name(families, own, |f| &f.name);
-            Ok(Scrape {
-                families,
-                bad_files,
-                files_read: merged.files_read,
-            })
+        let mut merged = self.merge()?.run();
+        let bad_files = report(std::mem::take(&mut merged.bad));
+        let mut families = merged.to_families();
+        let files_read = merged.files_read;
+        drop(merged);
+        let own = self.own_families(&bad_files, |name| {
+            families
+                .binary_search_by(|f| f.name.as_str().cmp(name))
+                .is_ok()
+        });
+        families = merge_by_name(families, own, |f| &f.name);
+        Ok(Scrape {
+            families,
+            bad_files,
+            files_read,
         })
     }
 
@@ -292,24 +293,27 @@ impl Collector {
     /// assert_eq!(text, encode(&collector.collect().unwrap().families, Format::Text));
     /// ```
     pub fn encode_into(&self, format: Format, out: &mut String) -> Result<Summary, CollectError> {
-        self.merge()?.run(|mut merged| {
-            let bad_files = report(std::mem::take(&mut merged.bad));
-            let views = merged.views();
-            let own = self.own_families(&bad_files, |name| {
-                views
-                    .binary_search_by(|v| v.family.name.as_str().cmp(name))
-                    .is_ok()
-            });
-            let all = merge_by_name(
-                views.iter().map(|v| v as &dyn FamilyView).collect(),
-                own.iter().map(|f| f as &dyn FamilyView).collect(),
-                |f| f.name(),
-            );
-            encode_views(&all, format, out);
-            Ok(Summary {
-                bad_files,
-                files_read: merged.files_read,
-            })
+        let mut merged = self.merge()?.run();
+        let bad_files = report(std::mem::take(&mut merged.bad));
+        let own = self.own_families(&bad_files, |name| {
+            merged
+                .families
+                .binary_search_by(|f| f.name.as_str().cmp(name))
+                .is_ok()
+        });
+        let all = merge_by_name(
+            merged
+                .families
+                .iter()
+                .map(|f| f as &dyn FamilyView)
+                .collect(),
+            own.iter().map(|f| f as &dyn FamilyView).collect(),
+            |f| f.name(),
+        );
+        encode_views(&all, format, out);
+        Ok(Summary {
+            bad_files,
+            files_read: merged.files_read,
         })
     }
 
@@ -505,7 +509,8 @@ pub fn merge_files(files: &[(&str, &[u8])]) -> (Vec<MetricFamily>, Vec<BadFile>)
             bytes: Some(bytes),
         })
         .collect();
-    Merge { inputs }.run(|merged| (merged.to_families(), merged.bad))
+    let merged = Merge { inputs }.run();
+    (merged.to_families(), merged.bad)
 }
 
 /// One file to merge: its bytes, or its path to read them from.
@@ -721,11 +726,13 @@ struct KeyList {
     offsets: Vec<u32>,
 }
 
-/// A decoded key with what the merge needs precomputed (in parallel, before the merge). Its
-/// strings borrow from the run's key table where they have no escapes.
+/// A checked key with what the merge needs of it (found in parallel, before the merge): its
+/// family name and `le` bound. Its labels are read again where needed, so that hundreds of
+/// thousands of keys cost no label lists.
 struct Decoded<'k> {
-    key: KeyRef<'k>,
-    /// Why the key could not be decoded (then `key` is empty).
+    raw: &'k [u8],
+    metric: Cow<'k, str>,
+    /// Why the key could not be decoded.
     error: Option<KeyError>,
     /// The numeric `le` label, if the key has an `le` label that parses as a float.
     le: Option<f64>,
@@ -739,24 +746,22 @@ fn parse_le(s: &str) -> Option<f64> {
 }
 
 impl<'k> Decoded<'k> {
-    fn new(raw: &'k [u8]) -> Decoded<'k> {
-        match decode_key_ref(raw) {
-            Ok(key) => {
-                let le_label = key.labels.iter().find(|(n, _)| n == "le");
+    /// Checks `raw`, decoding it into `scratch`.
+    fn new(raw: &'k [u8], scratch: &mut KeyRef<'k>) -> Decoded<'k> {
+        match decode_key_into(raw, scratch) {
+            Ok(()) => {
+                let le_label = scratch.labels.iter().find(|(n, _)| n == "le");
                 Decoded {
+                    raw,
                     has_le: le_label.is_some(),
                     le: le_label.and_then(|(_, v)| parse_le(v)),
-                    key,
+                    metric: std::mem::take(&mut scratch.metric),
                     error: None,
                 }
             }
             Err(e) => Decoded {
-                key: KeyRef {
-                    metric: Cow::Borrowed(""),
-                    sample: Cow::Borrowed(""),
-                    labels: Vec::new(),
-                    help: Cow::Borrowed(""),
-                },
+                raw,
+                metric: Cow::Borrowed(""),
                 error: Some(e),
                 le: None,
                 has_le: false,
@@ -958,8 +963,8 @@ fn bound_bytes(bound: f64) -> [u8; 8] {
     ordered.to_be_bytes()
 }
 
-/// A merged family: samples sorted, their names and labels borrowed from the decoded keys.
-struct MergedFamily<'a> {
+/// A merged family: samples sorted, their names and labels in the identities of their rows.
+struct MergedFamily {
     name: String,
     help: String,
     kind: MetricType,
@@ -970,19 +975,20 @@ struct MergedFamily<'a> {
     bounds: Vec<String>,
     /// The identities of the rows (see [`Row`]).
     arenas: Vec<Vec<u8>>,
-    samples: Vec<MergedSample<'a>>,
+    /// Sample names and labels of the rows whose identities cannot give them back (a string
+    /// with a 0 byte, escaped there), by member.
+    escaped: FxHashMap<u32, (String, Vec<(String, String)>)>,
+    samples: Vec<MergedSample>,
 }
 
 /// A merged sample: the labels (and sample name) held in the identity of `row`, plus the `le`
-/// of a bucket; which are the sample name and labels of key `key`, less label `drop`, plus
-/// `extra`.
+/// label of a bucket.
 #[derive(Clone, Copy)]
-struct MergedSample<'a> {
+struct MergedSample {
     row: Row,
-    key: u32,
     name: SampleName,
-    drop: Option<&'static str>,
-    extra: Extra<'a>,
+    /// An index into the family's `bounds`, for a bucket.
+    le: Option<u32>,
     value: f64,
 }
 
@@ -993,107 +999,69 @@ enum SampleName {
     Count,
 }
 
-#[derive(Clone, Copy)]
-enum Extra<'a> {
-    None,
-    Pid(&'a str),
-    /// An index into the family's `bounds`.
-    Le(u32),
-}
-
 /// A merged directory: what [`Collector::collect`] turns into owned families and
 /// [`Collector::encode_into`] writes directly.
-struct Merged<'k, 'a> {
-    decoded: &'k [Decoded<'k>],
-    families: Vec<MergedFamily<'a>>,
+struct Merged {
+    families: Vec<MergedFamily>,
     bad: Vec<BadFile>,
     files_read: usize,
 }
 
-/// A merged family with the keys it borrows from, as the encoders read it.
-struct MergedView<'m, 'k, 'a> {
-    decoded: &'k [Decoded<'k>],
-    family: &'m MergedFamily<'a>,
-}
-
-impl FamilyView for MergedView<'_, '_, '_> {
+impl FamilyView for MergedFamily {
     fn name(&self) -> &str {
-        &self.family.name
+        &self.name
     }
     fn help(&self) -> &str {
-        &self.family.help
+        &self.help
     }
     fn kind(&self) -> MetricType {
-        self.family.kind
+        self.kind
     }
     fn len(&self) -> usize {
-        self.family.samples.len()
+        self.samples.len()
     }
     fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
-        let fam = self.family;
-        let s = &fam.samples[i];
-        let extra = match s.extra {
-            Extra::None => None,
-            Extra::Pid(pid) => Some(("pid", pid)),
-            Extra::Le(b) => Some(("le", fam.bounds[b as usize].as_str())),
-        };
-        let ident = s.row.ident(&fam.arenas);
+        let s = &self.samples[i];
+        let ident = s.row.ident(&self.arenas);
         let name = match parse_ident(ident, s.row.labels_end as usize, labels) {
-            Some(name) => {
-                // The identity has the labels the sample keeps, a gauge's `pid` included.
-                if let Some(le) = extra.filter(|e| e.0 == "le") {
-                    let at = labels.partition_point(|(n, _)| *n < "le");
-                    labels.insert(at, le);
-                }
-                name
-            }
+            Some(name) => name.unwrap_or_default(),
             None => {
-                // A string with a 0 byte: the labels of the key.
-                let key = &self.decoded[s.key as usize].key;
                 labels.clear();
-                labels.extend(key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
-                if let Some(drop) = s.drop {
-                    labels.retain(|(n, _)| *n != drop);
+                match self.escaped.get(&s.row.member) {
+                    Some((name, escaped)) => {
+                        labels.extend(escaped.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                        name.as_str()
+                    }
+                    None => "",
                 }
-                if let Some(extra) = extra {
-                    let at = labels.partition_point(|(n, _)| *n < extra.0);
-                    labels.insert(at, extra);
-                }
-                Some(key.sample.as_ref())
             }
         };
+        if let Some(le) = s.le {
+            let at = labels.partition_point(|(n, _)| *n < "le");
+            labels.insert(at, ("le", self.bounds[le as usize].as_str()));
+        }
         let name = match s.name {
-            SampleName::Key => name.unwrap_or_else(|| &self.decoded[s.key as usize].key.sample),
-            SampleName::Bucket => fam.bucket_name.as_str(),
-            SampleName::Count => fam.count_name.as_str(),
+            SampleName::Key => name,
+            SampleName::Bucket => self.bucket_name.as_str(),
+            SampleName::Count => self.count_name.as_str(),
         };
         (name, s.value)
     }
 }
 
-impl Merged<'_, '_> {
-    fn views(&self) -> Vec<MergedView<'_, '_, '_>> {
-        self.families
-            .iter()
-            .map(|family| MergedView {
-                decoded: self.decoded,
-                family,
-            })
-            .collect()
-    }
-
+impl Merged {
     /// The families with owned samples.
     fn to_families(&self) -> Vec<MetricFamily> {
-        self.views()
+        self.families
             .iter()
-            .map(|view| MetricFamily {
-                name: view.family.name.clone(),
-                help: view.family.help.clone(),
-                kind: view.family.kind,
-                samples: (0..view.len())
+            .map(|family| MetricFamily {
+                name: family.name.clone(),
+                help: family.help.clone(),
+                kind: family.kind,
+                samples: (0..family.len())
                     .into_par_iter()
                     .map_init(Vec::new, |labels, i| {
-                        let (name, value) = view.sample(i, labels);
+                        let (name, value) = family.sample(i, labels);
                         Sample {
                             name: name.to_owned(),
                             labels: labels
@@ -1111,11 +1079,11 @@ impl Merged<'_, '_> {
 
 /// Finishes a family: its series in order, keys of one series merged, histogram buckets
 /// accumulated by bound with their `_count`.
-fn finish<'a>(
-    fam: FamilyAcc<'a>,
-    mut members: Vec<(u32, Option<&'a str>, Acc)>,
+fn finish(
+    fam: FamilyAcc,
+    mut members: Vec<(u32, Option<&str>, Acc)>,
     decoded: &[Decoded],
-) -> MergedFamily<'a> {
+) -> MergedFamily {
     let histogram = fam.kind == MetricType::Histogram;
     let gauge = fam.kind == MetricType::Gauge;
     let bucket_of = |key: u32| {
@@ -1124,31 +1092,46 @@ fn finish<'a>(
     };
     // Identities built on every core, each run of members into an arena of its own.
     const RUN: usize = 4096;
-    let built: Vec<(Vec<u8>, Vec<Row>)> = members
+    type Built = (
+        Vec<u8>,
+        Vec<Row>,
+        Vec<(u32, (String, Vec<(String, String)>))>,
+    );
+    let built: Vec<Built> = members
         .par_chunks(RUN)
         .enumerate()
         .map(|(arena, run)| {
             let mut bytes = Vec::with_capacity(run.len() * 64);
             let mut rows = Vec::with_capacity(run.len());
-            let mut labels: Vec<(&str, &str)> = Vec::new();
-            for (i, &(key, pid, _)) in run.iter().enumerate() {
-                let d = &decoded[key as usize];
-                let bucket = bucket_of(key);
-                labels.clear();
-                labels.extend(d.key.labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
-                if bucket.is_some() {
-                    labels.retain(|(n, _)| *n != "le");
-                } else if gauge {
-                    // A gauge's labels never keep a `pid` of the key; `all` and `liveall` add
-                    // the file's.
-                    labels.retain(|(n, _)| *n != "pid");
-                    if let Some(pid) = pid {
-                        let at = labels.partition_point(|(n, _)| *n < "pid");
-                        labels.insert(at, ("pid", pid));
-                    }
+            let mut escaped = Vec::new();
+            let mut key = KeyRef::default();
+            for (i, &(k, pid, _)) in run.iter().enumerate() {
+                let member = (arena * RUN + i) as u32;
+                let d = &decoded[k as usize];
+                // Checked before the merge: this decodes.
+                if decode_key_into(d.raw, &mut key).is_err() {
+                    key = KeyRef::default();
                 }
+                let bucket = bucket_of(k);
+                // A bucket's labels but `le`; a gauge's never keep a `pid` of the key, and
+                // `all` and `liveall` add the file's.
+                let skip = match bucket {
+                    Some(_) => Some("le"),
+                    None if gauge => Some("pid"),
+                    None => None,
+                };
+                let kept = key
+                    .labels
+                    .iter()
+                    .map(|(n, v)| (n.as_ref(), v.as_ref()))
+                    .filter(move |(n, _)| Some(*n) != skip);
+                let labels = kept
+                    .clone()
+                    .take_while(|(n, _)| *n < "pid")
+                    .chain(pid.map(|p| ("pid", p)))
+                    .chain(kept.skip_while(|(n, _)| *n < "pid"));
                 let start = bytes.len();
-                let labels_end = sort_key_into(&mut bytes, &labels, "") - start;
+                let labels_end = sort_key_into(&mut bytes, labels.clone(), "") - start;
                 match bucket {
                     Some(bound) => {
                         bytes.push(0);
@@ -1156,32 +1139,42 @@ fn finish<'a>(
                     }
                     None => {
                         bytes.push(1);
-                        escape_zeros(&mut bytes, &d.key.sample);
+                        escape_zeros(&mut bytes, &key.sample);
                     }
+                }
+                let has_zero = |s: &str| s.as_bytes().contains(&0);
+                if has_zero(&key.sample) || labels.clone().any(|(n, v)| has_zero(n) || has_zero(v))
+                {
+                    let owned = labels
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .collect();
+                    escaped.push((member, (key.sample.to_string(), owned)));
                 }
                 rows.push(Row {
                     arena: arena as u32,
                     start: start as u32,
                     len: (bytes.len() - start) as u32,
                     labels_end: labels_end as u32,
-                    member: (arena * RUN + i) as u32,
+                    member,
                 });
             }
-            (bytes, rows)
+            (bytes, rows, escaped)
         })
         .collect();
     let mut arenas = Vec::with_capacity(built.len());
     let mut rows = Vec::with_capacity(members.len());
-    for (bytes, run) in built {
+    let mut escaped = FxHashMap::default();
+    for (bytes, run, run_escaped) in built {
         arenas.push(bytes);
         rows.extend(run);
+        escaped.extend(run_escaped);
     }
     let arenas_ref = &arenas;
     rows.par_sort_unstable_by(|a, b| a.ident(arenas_ref).cmp(b.ident(arenas_ref)));
     // Keys of one series are next to each other now: merge them. Bounds compare as floats, as
     // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
     rows.dedup_by(|row, kept| {
-        let same = if row.is_bucket(&arenas) {
+        let same = if histogram && row.is_bucket(&arenas) {
             row.labels(&arenas) == kept.labels(&arenas)
                 && kept.is_bucket(&arenas)
                 && bucket_of(members[row.member as usize].0)
@@ -1203,29 +1196,34 @@ fn finish<'a>(
         kind: fam.kind,
         bounds: Vec::new(),
         arenas: Vec::new(),
+        escaped,
         samples: Vec::with_capacity(rows.len()),
     };
-    let drop = if gauge { Some("pid") } else { None };
+    // A stored `_count` sample, as its identity ends.
+    let mut count_ident = vec![1];
+    escape_zeros(&mut count_ident, &out.count_name);
     let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
     let mut rows = rows.iter().peekable();
     while let Some(row) = rows.next() {
-        let (key, pid, acc) = members[row.member as usize];
-        let first_bound = row.is_bucket(&arenas).then(|| bucket_of(key)).flatten();
+        let acc = members[row.member as usize].2;
+        let first_bound = if histogram && row.is_bucket(&arenas) {
+            bucket_of(members[row.member as usize].0)
+        } else {
+            None
+        };
         let Some(first_bound) = first_bound else {
             out.samples.push(MergedSample {
                 row: *row,
-                key,
                 name: SampleName::Key,
-                drop,
-                extra: pid.map_or(Extra::None, Extra::Pid),
+                le: None,
                 value: acc.value,
             });
             continue;
         };
         // A histogram's buckets, accumulated in order of their bounds, then its `_count`.
         let mut total = 0.0;
-        let mut bucket = Some((row, key, first_bound, acc));
-        while let Some((r, key, bound, acc)) = bucket {
+        let mut bucket = Some((row, first_bound, acc));
+        while let Some((r, bound, acc)) = bucket {
             total += acc.value;
             let next = out.bounds.len() as u32;
             let index = *bounds.entry(bound.to_bits()).or_insert_with(|| {
@@ -1234,32 +1232,28 @@ fn finish<'a>(
             });
             out.samples.push(MergedSample {
                 row: *r,
-                key,
                 name: SampleName::Bucket,
-                drop: Some("le"),
-                extra: Extra::Le(index),
+                le: Some(index),
                 value: total,
             });
             bucket = rows
                 .next_if(|r| r.is_bucket(&arenas) && r.labels(&arenas) == row.labels(&arenas))
                 .map(|r| {
                     let (key, _, acc) = members[r.member as usize];
-                    (r, key, bucket_of(key).unwrap_or(f64::NAN), acc)
+                    (r, bucket_of(key).unwrap_or(f64::NAN), acc)
                 });
         }
         out.samples.push(MergedSample {
             row: *row,
-            key,
             name: SampleName::Count,
-            drop: Some("le"),
-            extra: Extra::None,
+            le: None,
             value: total,
         });
         // The accumulated `_count` replaces a stored one, as in Python.
         while rows
             .next_if(|r| {
                 r.labels(&arenas) == row.labels(&arenas)
-                    && decoded[members[r.member as usize].0 as usize].key.sample == out.count_name
+                    && r.ident(&arenas)[r.labels_end as usize..] == count_ident[..]
             })
             .is_some()
         {}
@@ -1282,20 +1276,24 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec
             + name.len()
             + 4,
     );
-    let labels_end = sort_key_into(&mut key, labels, name);
+    let labels_end = sort_key_into(
+        &mut key,
+        labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
+        name,
+    );
     (key, labels_end)
 }
 
 /// Appends [`sort_key`]`(labels, name)` to `key`; returns where the labels' part ends.
-fn sort_key_into<N: AsRef<str>, V: AsRef<str>>(
+fn sort_key_into<'l>(
     key: &mut Vec<u8>,
-    labels: &[(N, V)],
+    labels: impl IntoIterator<Item = (&'l str, &'l str)>,
     name: &str,
 ) -> usize {
     for (n, v) in labels {
-        escape_zeros(key, n.as_ref());
+        escape_zeros(key, n);
         key.extend_from_slice(&[0, 1]);
-        escape_zeros(key, v.as_ref());
+        escape_zeros(key, v);
         key.extend_from_slice(&[0, 1]);
     }
     // The end of the labels must sort below any label (`00 01` ends the first string of one).
@@ -1334,8 +1332,8 @@ fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
 }
 
 impl Merge<'_> {
-    /// Reads and merges the files, and hands the result to `then`.
-    fn run<R>(self, then: impl FnOnce(Merged) -> R) -> R {
+    /// Reads and merges the files.
+    fn run(self) -> Merged {
         // 1. Read the files in runs of consecutive files, one run per task, each through one
         //    buffer: only the distinct keys are kept, not the files' bytes.
         let per_chunk = self
@@ -1347,43 +1345,69 @@ impl Merge<'_> {
 
         // 2. Number the distinct keys across runs: each is decoded once, however many files
         //    hold it.
-        let mut index: hashbrown::HashTable<(u64, u32)> = hashbrown::HashTable::new();
-        let mut distinct: Vec<(u32, u32)> = Vec::new();
-        let renumbered: Vec<Vec<u32>> = chunks
-            .iter()
-            .enumerate()
-            .map(|(c, chunk)| {
-                (0..chunk.keys.spans.len() as u32)
-                    .map(|id| {
-                        let hash = chunk.keys.hashes[id as usize];
-                        let key = chunk.keys.key(id);
+        //    The keys are split among the threads by hash, each numbering its share.
+        let shards = rayon::current_num_threads().max(1);
+        let shard_of = |hash: u64| ((hash >> 32) as usize) % shards;
+        // Per shard: its distinct keys (run, number in the run) in the order met, and every
+        // key of the shard as (run, number in the run, number among the shard's distinct).
+        type Shard = (Vec<(u32, u32)>, Vec<(u32, u32, u32)>);
+        let numbered: Vec<Shard> = (0..shards)
+            .into_par_iter()
+            .map(|shard| {
+                let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+                let mut firsts: Vec<(u32, u32)> = Vec::new();
+                let mut refs: Vec<(u32, u32, u32)> = Vec::new();
+                for (c, chunk) in chunks.iter().enumerate() {
+                    for (id, &hash) in chunk.keys.hashes.iter().enumerate() {
+                        if shard_of(hash) != shard {
+                            continue;
+                        }
+                        let key = chunk.keys.key(id as u32);
                         let found = index.entry(
                             hash,
-                            |&(_, g)| {
-                                let (c, id) = distinct[g as usize];
+                            |&g| {
+                                let (c, id) = firsts[g as usize];
                                 chunks[c as usize].keys.key(id) == key
                             },
-                            |&(h, _)| h,
+                            |&g| {
+                                let (c, id) = firsts[g as usize];
+                                chunks[c as usize].keys.hashes[id as usize]
+                            },
                         );
-                        match found {
-                            hashbrown::hash_table::Entry::Occupied(o) => o.get().1,
+                        let g = match found {
+                            hashbrown::hash_table::Entry::Occupied(o) => *o.get(),
                             hashbrown::hash_table::Entry::Vacant(v) => {
-                                let g = distinct.len() as u32;
-                                distinct.push((c as u32, id));
-                                v.insert((hash, g));
+                                let g = firsts.len() as u32;
+                                firsts.push((c as u32, id as u32));
+                                v.insert(g);
                                 g
                             }
-                        }
-                    })
-                    .collect()
+                        };
+                        refs.push((c as u32, id as u32, g));
+                    }
+                }
+                (firsts, refs)
             })
             .collect();
+        let mut renumbered: Vec<Vec<u32>> =
+            chunks.iter().map(|c| vec![0; c.keys.spans.len()]).collect();
+        let mut distinct: Vec<(u32, u32)> = Vec::new();
+        for (firsts, refs) in &numbered {
+            let offset = distinct.len() as u32;
+            for &(c, id, g) in refs {
+                renumbered[c as usize][id as usize] = offset + g;
+            }
+            distinct.extend_from_slice(firsts);
+        }
+        drop(numbered);
         // 3. Decode the distinct keys, in parallel.
         let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
             chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
         let decoded: Vec<Decoded> = distinct
             .par_iter()
-            .map(|&(c, id)| Decoded::new(tables[c as usize].key(id)))
+            .map_init(KeyRef::default, |scratch, &(c, id)| {
+                Decoded::new(tables[c as usize].key(id), scratch)
+            })
             .collect();
         let mut bad = Vec::new();
         let mut files = Vec::with_capacity(self.inputs.len());
@@ -1422,10 +1446,12 @@ impl Merge<'_> {
                 let mut f = family_of[key as usize];
                 if f == UNSEEN {
                     let d = &decoded[key as usize];
-                    f = *family_index.entry(&d.key.metric).or_insert_with(|| {
+                    f = *family_index.entry(&d.metric).or_insert_with(|| {
+                        // The help of the key that makes the family.
+                        let help = decode_key_ref(d.raw).map(|k| k.help.into_owned());
                         families.push(FamilyAcc {
-                            name: d.key.metric.to_string(),
-                            help: d.key.help.to_string(),
+                            name: d.metric.to_string(),
+                            help: help.unwrap_or_default(),
                             kind,
                             mode: name.mode,
                             per_pid: FxHashMap::default(),
@@ -1484,12 +1510,11 @@ impl Merge<'_> {
             .map(|(fam, members)| finish(fam, members, &decoded))
             .collect();
         merged.sort_by(|a, b| a.name.cmp(&b.name));
-        then(Merged {
-            decoded: &decoded,
+        Merged {
             families: merged,
             bad,
             files_read,
-        })
+        }
     }
 }
 

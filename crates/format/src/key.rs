@@ -34,7 +34,7 @@ pub struct Key {
 /// assert!(matches!(k.labels[1].1, std::borrow::Cow::Borrowed("2")));
 /// assert_eq!(k.into_owned().metric, "x");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyRef<'a> {
     /// The family name.
     pub metric: Cow<'a, str>,
@@ -175,7 +175,37 @@ pub fn decode_key(bytes: &[u8]) -> Result<Key, KeyError> {
 /// Decodes a key as [`decode_key`] does, borrowing its strings from `bytes` where they have no
 /// escapes.
 pub fn decode_key_ref(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
-    let mut p = Parser { b: bytes, pos: 0 };
+    let mut key = KeyRef::default();
+    decode_key_into(bytes, &mut key)?;
+    Ok(key)
+}
+
+/// Decodes a key into `key` as [`decode_key_ref`] does, reusing the memory of its label list:
+/// for a reader that decodes many keys one after the other. After an error, `key` holds parts
+/// of the key at best.
+///
+/// ```
+/// use prometheus_multiproc_format::key::{decode_key_into, KeyRef};
+///
+/// let mut key = KeyRef::default();
+/// for raw in [&br#"["a", "a_total", {"x": "1"}, "A."]"#[..], br#"["b", "b", {}, "B."]"#] {
+///     decode_key_into(raw, &mut key).unwrap();
+///     assert_eq!(key.metric, key.sample.trim_end_matches("_total"));
+/// }
+/// assert!(key.labels.is_empty());
+/// assert!(decode_key_into(b"[", &mut key).is_err());
+/// ```
+pub fn decode_key_into<'a>(bytes: &'a [u8], key: &mut KeyRef<'a>) -> Result<(), KeyError> {
+    // Checked once here, so that strings are sliced from `text` without checking each again.
+    let text = std::str::from_utf8(bytes).map_err(|e| KeyError {
+        offset: e.valid_up_to(),
+        reason: "invalid UTF-8",
+    })?;
+    let mut p = Parser {
+        b: bytes,
+        text,
+        pos: 0,
+    };
     p.ws();
     p.expect(b'[')?;
     let metric = p.string()?;
@@ -184,7 +214,8 @@ pub fn decode_key_ref(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
     p.comma()?;
     p.ws();
     p.expect(b'{')?;
-    let mut labels: Vec<(Cow<str>, Cow<str>)> = Vec::new();
+    let labels = &mut key.labels;
+    labels.clear();
     p.ws();
     if p.peek() == Some(b'}') {
         p.pos += 1;
@@ -194,8 +225,13 @@ pub fn decode_key_ref(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
             p.ws();
             p.expect(b':')?;
             let value = p.string()?;
-            // A repeated name keeps the last value, as Python's dict does.
-            match labels.iter_mut().find(|(n, _)| *n == name) {
+            // A repeated name keeps the last value, as Python's dict does. Names come sorted
+            // from Python's writer, so only a name that does not sort last can be a repeat.
+            let repeat = match labels.last() {
+                Some((last, _)) if name <= *last => labels.iter_mut().find(|(n, _)| *n == name),
+                _ => None,
+            };
+            match repeat {
                 Some(slot) => slot.1 = value,
                 None => labels.push((name, value)),
             }
@@ -218,18 +254,31 @@ pub fn decode_key_ref(bytes: &[u8]) -> Result<KeyRef<'_>, KeyError> {
     if !labels.windows(2).all(|w| w[0].0 < w[1].0) {
         labels.sort_by(|a, b| a.0.cmp(&b.0));
     }
-    Ok(KeyRef {
-        metric,
-        sample,
-        labels,
-        help,
-    })
+    key.metric = metric;
+    key.sample = sample;
+    key.help = help;
+    Ok(())
 }
 
 struct Parser<'a> {
     b: &'a [u8],
+    /// `b`, checked as UTF-8.
+    text: &'a str,
     pos: usize,
 }
+
+/// Bytes that end a run of plain string bytes: a quote, a backslash, a control character.
+const SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = true;
+        c += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 impl<'a> Parser<'a> {
     fn err(&self, offset: usize, reason: &'static str) -> KeyError {
@@ -300,35 +349,38 @@ impl<'a> Parser<'a> {
         Ok(v)
     }
 
+    /// The number of plain bytes from the current position: up to a quote, a backslash, a
+    /// control character or the end.
+    fn plain_run(&self) -> usize {
+        let rest = self.b.get(self.pos..).unwrap_or_default();
+        rest.iter()
+            .position(|&c| SPECIAL[usize::from(c)])
+            .unwrap_or(rest.len())
+    }
+
+    /// `len` bytes of the text from `start`: they lie between ASCII bytes (or the ends), so on
+    /// character boundaries.
+    fn slice(&self, start: usize, len: usize) -> &'a str {
+        self.text.get(start..start + len).unwrap_or_default()
+    }
+
     fn string(&mut self) -> Result<Cow<'a, str>, KeyError> {
         self.ws();
         self.expect(b'"')?;
         // The common case: no escape before the closing quote; borrowed.
         let start = self.pos;
-        let rest = &self.b[start.min(self.b.len())..];
-        let run = rest
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .unwrap_or(rest.len());
-        if rest.get(run) == Some(&b'"') {
-            let s = std::str::from_utf8(&rest[..run])
-                .map_err(|e| self.err(start + e.valid_up_to(), "invalid UTF-8"))?;
+        let run = self.plain_run();
+        if self.b.get(start + run) == Some(&b'"') {
             self.pos += run + 1;
-            return Ok(Cow::Borrowed(s));
+            return Ok(Cow::Borrowed(self.slice(start, run)));
         }
         let mut out = String::new();
         loop {
             // Copy the run of plain bytes up to the next quote, backslash or control byte.
             let start = self.pos;
-            let rest = &self.b[start.min(self.b.len())..];
-            let run = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-                .unwrap_or(rest.len());
+            let run = self.plain_run();
             if run > 0 {
-                let s = std::str::from_utf8(&rest[..run])
-                    .map_err(|e| self.err(start + e.valid_up_to(), "invalid UTF-8"))?;
-                out.push_str(s);
+                out.push_str(self.slice(start, run));
                 self.pos += run;
             }
             match self.next() {
