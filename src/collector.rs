@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -301,12 +302,9 @@ impl Collector {
                 .binary_search_by(|f| f.name.as_str().cmp(name))
                 .is_ok()
         });
+        let views = merged.views();
         let all = merge_by_name(
-            merged
-                .families
-                .iter()
-                .map(|f| f as &dyn FamilyView)
-                .collect(),
+            views.iter().map(|f| f as &dyn FamilyView).collect(),
             own.iter().map(|f| f as &dyn FamilyView).collect(),
             |f| f.name(),
         );
@@ -541,6 +539,8 @@ struct KeyTable {
     /// Where each key is in `bytes`: (start, end).
     spans: Vec<(usize, usize)>,
     hashes: Vec<u64>,
+    /// The type of the first file each key was met in.
+    kinds: Vec<MetricType>,
     index: hashbrown::HashTable<u32>,
 }
 
@@ -551,12 +551,13 @@ impl KeyTable {
     }
 
     /// The number of `key`, copied in if it is new.
-    fn intern(&mut self, key: &[u8]) -> u32 {
+    fn intern(&mut self, key: &[u8], kind: MetricType) -> u32 {
         let hash = FxBuildHasher.hash_one(key);
         let KeyTable {
             bytes,
             spans,
             hashes,
+            kinds,
             index,
         } = self;
         let found = index.entry(
@@ -574,6 +575,7 @@ impl KeyTable {
                 spans.push((bytes.len(), bytes.len() + key.len()));
                 bytes.extend_from_slice(key);
                 hashes.push(hash);
+                kinds.push(kind);
                 v.insert(id);
                 id
             }
@@ -633,8 +635,8 @@ fn load_file(
         };
         bad(reason, format!("cannot read file: {e}"))
     };
-    let bytes: &[u8] = match (input.bytes, &input.name) {
-        (Some(bytes), Ok(_)) => bytes,
+    let (bytes, kind): (&[u8], MetricType) = match (input.bytes, &input.name) {
+        (Some(bytes), Ok(name)) => (bytes, name.kind),
         (Some(_), Err(e)) => return bad(BadFileReason::UnknownType, e.clone()),
         (None, Err(e)) => {
             // A directory is not a file, whatever its name says.
@@ -643,8 +645,8 @@ fn load_file(
                 _ => bad(BadFileReason::UnknownType, e.clone()),
             };
         }
-        (None, Ok(_)) => match read_regular_file(&input.path, buf) {
-            Ok(()) => buf,
+        (None, Ok(name)) => match read_regular_file(&input.path, buf) {
+            Ok(()) => (buf, name.kind),
             Err(e) => return io_bad(e),
         },
     };
@@ -686,7 +688,8 @@ fn load_file(
                 offsets: prev.to_vec(),
             }
         });
-        list.ids.push(same.unwrap_or_else(|| keys.intern(e.key)));
+        list.ids
+            .push(same.unwrap_or_else(|| keys.intern(e.key, kind)));
         // `used` is an i32: every offset fits.
         list.offsets.push(e.offset as u32);
     }
@@ -726,18 +729,24 @@ struct KeyList {
     offsets: Vec<u32>,
 }
 
-/// A checked key with what the merge needs of it (found in parallel, before the merge): its
-/// family name and `le` bound. Its labels are read again where needed, so that hundreds of
-/// thousands of keys cost no label lists.
+/// A checked key with what the merge needs of it, found in parallel before the merge: its
+/// family name, its `le` bound, and the identity of its series (see [`Row`]) for a family of the
+/// type of the first file it was met in. Its labels are read again where needed, so that
+/// hundreds of thousands of keys cost no label lists.
 struct Decoded<'k> {
     raw: &'k [u8],
     metric: Cow<'k, str>,
     /// Why the key could not be decoded.
-    error: Option<KeyError>,
+    error: Option<Box<KeyError>>,
     /// The numeric `le` label, if the key has an `le` label that parses as a float.
     le: Option<f64>,
     /// Whether the key has an `le` label at all.
     has_le: bool,
+    /// The family type `ident` was made for.
+    kind: MetricType,
+    /// Whether a string of the key has a 0 byte (escaped in `ident`).
+    zero: bool,
+    ident: Row,
 }
 
 fn parse_le(s: &str) -> Option<f64> {
@@ -746,28 +755,90 @@ fn parse_le(s: &str) -> Option<f64> {
 }
 
 impl<'k> Decoded<'k> {
-    /// Checks `raw`, decoding it into `scratch`.
-    fn new(raw: &'k [u8], scratch: &mut KeyRef<'k>) -> Decoded<'k> {
-        match decode_key_into(raw, scratch) {
-            Ok(()) => {
-                let le_label = scratch.labels.iter().find(|(n, _)| n == "le");
-                Decoded {
-                    raw,
-                    has_le: le_label.is_some(),
-                    le: le_label.and_then(|(_, v)| parse_le(v)),
-                    metric: std::mem::take(&mut scratch.metric),
-                    error: None,
-                }
-            }
-            Err(e) => Decoded {
-                raw,
-                metric: Cow::Borrowed(""),
-                error: Some(e),
-                le: None,
-                has_le: false,
-            },
+    /// Checks `raw` (decoding it into `scratch`), and appends the identity of its series in a
+    /// family of type `kind` to `arena` (number `arena_id`).
+    fn new(
+        raw: &'k [u8],
+        kind: MetricType,
+        scratch: &mut KeyRef<'k>,
+        arena: &mut String,
+        arena_id: u32,
+    ) -> Decoded<'k> {
+        let mut d = Decoded {
+            raw,
+            metric: Cow::Borrowed(""),
+            error: None,
+            le: None,
+            has_le: false,
+            kind,
+            zero: false,
+            ident: Row::default(),
+        };
+        if let Err(e) = decode_key_into(raw, scratch) {
+            d.error = Some(Box::new(e));
+            return d;
+        }
+        let le_label = scratch.labels.iter().find(|(n, _)| n == "le");
+        d.has_le = le_label.is_some();
+        d.le = le_label.and_then(|(_, v)| parse_le(v));
+        let bucket = (kind == MetricType::Histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN));
+        let (ident, zero) = build_ident(arena, arena_id, scratch, kind, bucket, None);
+        d.ident = ident;
+        d.zero = zero;
+        d.metric = std::mem::take(&mut scratch.metric);
+        d
+    }
+}
+
+/// Appends to `arena` the identity of the series of `key` in a family of type `kind`: with
+/// `bucket`, a histogram bucket of that bound; with `pid`, an `all`/`liveall` gauge's series of
+/// that process. Also tells whether a string had a 0 byte.
+fn build_ident(
+    arena: &mut String,
+    arena_id: u32,
+    key: &KeyRef,
+    kind: MetricType,
+    bucket: Option<f64>,
+    pid: Option<&str>,
+) -> (Row, bool) {
+    // A bucket's labels but `le`; a gauge's never keep a `pid` of the key, and `all` and
+    // `liveall` add the file's.
+    let skip = match bucket {
+        Some(_) => Some("le"),
+        None if kind == MetricType::Gauge => Some("pid"),
+        None => None,
+    };
+    let kept = key
+        .labels
+        .iter()
+        .map(|(n, v)| (n.as_ref(), v.as_ref()))
+        .filter(move |(n, _)| Some(*n) != skip);
+    let labels = kept
+        .clone()
+        .take_while(|(n, _)| *n < "pid")
+        .chain(pid.map(|p| ("pid", p)))
+        .chain(kept.skip_while(|(n, _)| *n < "pid"));
+    let start = arena.len();
+    let (end, mut zero) = sort_key_into(arena, labels, "");
+    let labels_end = end - start;
+    match bucket {
+        Some(bound) => {
+            arena.push('\0');
+            push_bound(arena, bound);
+        }
+        None => {
+            arena.push('\x01');
+            zero |= escape_zeros(arena, &key.sample);
         }
     }
+    let row = Row {
+        arena: arena_id,
+        start: start as u32,
+        len: (arena.len() - start) as u32,
+        labels_end: labels_end as u32,
+        member: 0,
+    };
+    (row, zero)
 }
 
 /// What the merge keeps of the values of one series.
@@ -885,9 +956,9 @@ impl FamilyAcc<'_> {
 /// order it: [`sort_key`] of its labels (for a bucket, all but `le`), then `00` and the bound
 /// (see [`bound_bytes`]) for a bucket, or `01` and the sample name; so a histogram's buckets
 /// come first among the samples of its labels, in order of their bounds.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Row {
-    /// Where the identity is: which of the family's arenas, from where, how long.
+    /// Where the identity is: which arena (see [`Arenas`]), from where, how long.
     arena: u32,
     start: u32,
     len: u32,
@@ -897,42 +968,64 @@ struct Row {
     member: u32,
 }
 
+/// Where identities are: the arenas of the keys (made while decoding them), then a family's
+/// own (for series whose identity differs from their key's).
+#[derive(Clone, Copy)]
+struct Arenas<'x> {
+    keys: &'x [String],
+    own: &'x [String],
+}
+
+impl<'x> Arenas<'x> {
+    fn get(&self, arena: u32) -> &'x str {
+        let arena = arena as usize;
+        match self.keys.get(arena) {
+            Some(a) => a,
+            None => self
+                .own
+                .get(arena - self.keys.len())
+                .map_or("", String::as_str),
+        }
+    }
+}
+
 impl Row {
-    fn ident<'i>(&self, arenas: &'i [Vec<u8>]) -> &'i [u8] {
+    fn ident<'i>(&self, arenas: Arenas<'i>) -> &'i str {
         let start = self.start as usize;
-        arenas[self.arena as usize]
+        arenas
+            .get(self.arena)
             .get(start..start + self.len as usize)
             .unwrap_or_default()
     }
 
-    fn labels<'i>(&self, arenas: &'i [Vec<u8>]) -> &'i [u8] {
+    fn labels<'i>(&self, arenas: Arenas<'i>) -> &'i str {
         self.ident(arenas)
             .get(..self.labels_end as usize)
             .unwrap_or_default()
     }
 
-    fn is_bucket(&self, arenas: &[Vec<u8>]) -> bool {
-        self.ident(arenas).get(self.labels_end as usize) == Some(&0)
+    fn is_bucket(&self, arenas: Arenas) -> bool {
+        self.ident(arenas).as_bytes().get(self.labels_end as usize) == Some(&0)
     }
 }
 
 /// The labels and sample name held in an identity, when none of its strings had a 0 byte to
 /// escape (nearly always): `None` otherwise, or for a bucket's (which has no name).
 fn parse_ident<'i>(
-    ident: &'i [u8],
+    ident: &'i str,
     labels_end: usize,
     labels: &mut Vec<(&'i str, &'i str)>,
 ) -> Option<Option<&'i str>> {
     labels.clear();
     // `name 00 01 value 00 01` per label, then `00 00`.
     let mut rest = ident.get(..labels_end.checked_sub(2)?)?;
-    let next = |rest: &mut &'i [u8]| -> Option<&'i str> {
-        let end = rest.iter().position(|&b| b == 0)?;
-        if rest.get(end + 1) != Some(&1) {
+    let next = |rest: &mut &'i str| -> Option<&'i str> {
+        let end = rest.as_bytes().iter().position(|&b| b == 0)?;
+        if rest.as_bytes().get(end + 1) != Some(&1) {
             return None;
         }
-        let s = std::str::from_utf8(&rest[..end]).ok()?;
-        *rest = &rest[end + 2..];
+        let s = rest.get(..end)?;
+        *rest = rest.get(end + 2..)?;
         Some(s)
     };
     while !rest.is_empty() {
@@ -940,27 +1033,27 @@ fn parse_ident<'i>(
         let value = next(&mut rest)?;
         labels.push((name, value));
     }
-    match ident.get(labels_end)? {
+    match ident.as_bytes().get(labels_end)? {
         1 => {
-            let name = &ident[labels_end + 1..];
-            if name.contains(&0) {
+            let name = ident.get(labels_end + 1..)?;
+            if name.as_bytes().contains(&0) {
                 return None;
             }
-            Some(Some(std::str::from_utf8(name).ok()?))
+            Some(Some(name))
         }
         _ => Some(None),
     }
 }
 
-/// Bytes of `bound` that sort as [`f64::total_cmp`] orders bounds.
-fn bound_bytes(bound: f64) -> [u8; 8] {
+/// Appends `bound` as 16 hexadecimal digits that sort as [`f64::total_cmp`] orders bounds.
+fn push_bound(arena: &mut String, bound: f64) {
     let bits = bound.to_bits();
     let ordered = if bits >> 63 == 1 {
         !bits
     } else {
         bits | 1 << 63
     };
-    ordered.to_be_bytes()
+    let _ = write!(arena, "{ordered:016x}");
 }
 
 /// A merged family: samples sorted, their names and labels in the identities of their rows.
@@ -973,8 +1066,8 @@ struct MergedFamily {
     count_name: String,
     /// The bucket bounds written as `le` values.
     bounds: Vec<String>,
-    /// The identities of the rows (see [`Row`]).
-    arenas: Vec<Vec<u8>>,
+    /// The family's own identities (see [`Arenas`]).
+    arenas: Vec<String>,
     /// Sample names and labels of the rows whose identities cannot give them back (a string
     /// with a 0 byte, escaped there), by member.
     escaped: FxHashMap<u32, (String, Vec<(String, String)>)>,
@@ -1002,32 +1095,56 @@ enum SampleName {
 /// A merged directory: what [`Collector::collect`] turns into owned families and
 /// [`Collector::encode_into`] writes directly.
 struct Merged {
+    /// The identities of the keys' series (see [`Arenas`]).
+    arenas: Vec<String>,
     families: Vec<MergedFamily>,
     bad: Vec<BadFile>,
     files_read: usize,
 }
 
-impl FamilyView for MergedFamily {
+/// A merged family with the identities it refers to, as the encoders read it.
+struct MergedView<'m> {
+    family: &'m MergedFamily,
+    arenas: Arenas<'m>,
+}
+
+impl Merged {
+    fn views(&self) -> Vec<MergedView<'_>> {
+        self.families
+            .iter()
+            .map(|family| MergedView {
+                family,
+                arenas: Arenas {
+                    keys: &self.arenas,
+                    own: &family.arenas,
+                },
+            })
+            .collect()
+    }
+}
+
+impl FamilyView for MergedView<'_> {
     fn name(&self) -> &str {
-        &self.name
+        &self.family.name
     }
     fn help(&self) -> &str {
-        &self.help
+        &self.family.help
     }
     fn kind(&self) -> MetricType {
-        self.kind
+        self.family.kind
     }
     fn len(&self) -> usize {
-        self.samples.len()
+        self.family.samples.len()
     }
     fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
-        let s = &self.samples[i];
-        let ident = s.row.ident(&self.arenas);
+        let fam = self.family;
+        let s = &fam.samples[i];
+        let ident = s.row.ident(self.arenas);
         let name = match parse_ident(ident, s.row.labels_end as usize, labels) {
             Some(name) => name.unwrap_or_default(),
             None => {
                 labels.clear();
-                match self.escaped.get(&s.row.member) {
+                match fam.escaped.get(&s.row.member) {
                     Some((name, escaped)) => {
                         labels.extend(escaped.iter().map(|(n, v)| (n.as_str(), v.as_str())));
                         name.as_str()
@@ -1038,12 +1155,12 @@ impl FamilyView for MergedFamily {
         };
         if let Some(le) = s.le {
             let at = labels.partition_point(|(n, _)| *n < "le");
-            labels.insert(at, ("le", self.bounds[le as usize].as_str()));
+            labels.insert(at, ("le", fam.bounds[le as usize].as_str()));
         }
         let name = match s.name {
             SampleName::Key => name,
-            SampleName::Bucket => self.bucket_name.as_str(),
-            SampleName::Count => self.count_name.as_str(),
+            SampleName::Bucket => fam.bucket_name.as_str(),
+            SampleName::Count => fam.count_name.as_str(),
         };
         (name, s.value)
     }
@@ -1052,12 +1169,12 @@ impl FamilyView for MergedFamily {
 impl Merged {
     /// The families with owned samples.
     fn to_families(&self) -> Vec<MetricFamily> {
-        self.families
+        self.views()
             .iter()
             .map(|family| MetricFamily {
-                name: family.name.clone(),
-                help: family.help.clone(),
-                kind: family.kind,
+                name: family.family.name.clone(),
+                help: family.family.help.clone(),
+                kind: family.family.kind,
                 samples: (0..family.len())
                     .into_par_iter()
                     .map_init(Vec::new, |labels, i| {
@@ -1083,104 +1200,94 @@ fn finish(
     fam: FamilyAcc,
     mut members: Vec<(u32, Option<&str>, Acc)>,
     decoded: &[Decoded],
+    key_arenas: &[String],
 ) -> MergedFamily {
     let histogram = fam.kind == MetricType::Histogram;
-    let gauge = fam.kind == MetricType::Gauge;
     let bucket_of = |key: u32| {
         let d = &decoded[key as usize];
         (histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN))
     };
-    // Identities built on every core, each run of members into an arena of its own.
+    // Each series' identity: its key's, unless the family's type is not the one it was made
+    // for or the series is a process's (`all` gauges); those are made here, on every core.
     const RUN: usize = 4096;
     type Built = (
-        Vec<u8>,
+        String,
         Vec<Row>,
         Vec<(u32, (String, Vec<(String, String)>))>,
     );
     let built: Vec<Built> = members
         .par_chunks(RUN)
         .enumerate()
-        .map(|(arena, run)| {
-            let mut bytes = Vec::with_capacity(run.len() * 64);
+        .map(|(run_id, run)| {
+            let mut own = String::new();
             let mut rows = Vec::with_capacity(run.len());
             let mut escaped = Vec::new();
             let mut key = KeyRef::default();
+            let own_id = (key_arenas.len() + run_id) as u32;
             for (i, &(k, pid, _)) in run.iter().enumerate() {
-                let member = (arena * RUN + i) as u32;
+                let member = (run_id * RUN + i) as u32;
                 let d = &decoded[k as usize];
+                let reuse = pid.is_none() && d.kind == fam.kind;
+                if reuse && !d.zero {
+                    rows.push(Row { member, ..d.ident });
+                    continue;
+                }
                 // Checked before the merge: this decodes.
                 if decode_key_into(d.raw, &mut key).is_err() {
                     key = KeyRef::default();
                 }
-                let bucket = bucket_of(k);
-                // A bucket's labels but `le`; a gauge's never keep a `pid` of the key, and
-                // `all` and `liveall` add the file's.
-                let skip = match bucket {
-                    Some(_) => Some("le"),
-                    None if gauge => Some("pid"),
-                    None => None,
+                let row = if reuse {
+                    d.ident
+                } else {
+                    build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid).0
                 };
-                let kept = key
-                    .labels
-                    .iter()
-                    .map(|(n, v)| (n.as_ref(), v.as_ref()))
-                    .filter(move |(n, _)| Some(*n) != skip);
-                let labels = kept
-                    .clone()
-                    .take_while(|(n, _)| *n < "pid")
-                    .chain(pid.map(|p| ("pid", p)))
-                    .chain(kept.skip_while(|(n, _)| *n < "pid"));
-                let start = bytes.len();
-                let labels_end = sort_key_into(&mut bytes, labels.clone(), "") - start;
-                match bucket {
-                    Some(bound) => {
-                        bytes.push(0);
-                        bytes.extend_from_slice(&bound_bytes(bound));
+                rows.push(Row { member, ..row });
+                if d.zero {
+                    // The identity escapes the 0 bytes: keep the strings themselves.
+                    let mut labels = Vec::new();
+                    let skip = match bucket_of(k) {
+                        Some(_) => Some("le"),
+                        None if fam.kind == MetricType::Gauge => Some("pid"),
+                        None => None,
+                    };
+                    for (n, v) in &key.labels {
+                        if Some(n.as_ref()) != skip {
+                            labels.push((n.to_string(), v.to_string()));
+                        }
                     }
-                    None => {
-                        bytes.push(1);
-                        escape_zeros(&mut bytes, &key.sample);
+                    if let Some(pid) = pid {
+                        let at = labels.partition_point(|(n, _)| n.as_str() < "pid");
+                        labels.insert(at, ("pid".to_owned(), pid.to_owned()));
                     }
+                    escaped.push((member, (key.sample.to_string(), labels)));
                 }
-                let has_zero = |s: &str| s.as_bytes().contains(&0);
-                if has_zero(&key.sample) || labels.clone().any(|(n, v)| has_zero(n) || has_zero(v))
-                {
-                    let owned = labels
-                        .map(|(n, v)| (n.to_string(), v.to_string()))
-                        .collect();
-                    escaped.push((member, (key.sample.to_string(), owned)));
-                }
-                rows.push(Row {
-                    arena: arena as u32,
-                    start: start as u32,
-                    len: (bytes.len() - start) as u32,
-                    labels_end: labels_end as u32,
-                    member,
-                });
             }
-            (bytes, rows, escaped)
+            (own, rows, escaped)
         })
         .collect();
-    let mut arenas = Vec::with_capacity(built.len());
+    let mut own_arenas = Vec::with_capacity(built.len());
     let mut rows = Vec::with_capacity(members.len());
     let mut escaped = FxHashMap::default();
     for (bytes, run, run_escaped) in built {
-        arenas.push(bytes);
+        own_arenas.push(bytes);
         rows.extend(run);
         escaped.extend(run_escaped);
     }
-    let arenas_ref = &arenas;
-    rows.par_sort_unstable_by(|a, b| a.ident(arenas_ref).cmp(b.ident(arenas_ref)));
+    let arenas = Arenas {
+        keys: key_arenas,
+        own: &own_arenas,
+    };
+    rows.par_sort_unstable_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
     // Keys of one series are next to each other now: merge them. Bounds compare as floats, as
     // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
     rows.dedup_by(|row, kept| {
-        let same = if histogram && row.is_bucket(&arenas) {
-            row.labels(&arenas) == kept.labels(&arenas)
-                && kept.is_bucket(&arenas)
+        let same = if histogram && row.is_bucket(arenas) {
+            row.labels(arenas) == kept.labels(arenas)
+                && kept.is_bucket(arenas)
                 && bucket_of(members[row.member as usize].0)
                     == bucket_of(members[kept.member as usize].0)
         } else {
-            row.ident(&arenas) == kept.ident(&arenas)
+            row.ident(arenas) == kept.ident(arenas)
         };
         if same {
             let acc = members[row.member as usize].2;
@@ -1200,13 +1307,13 @@ fn finish(
         samples: Vec::with_capacity(rows.len()),
     };
     // A stored `_count` sample, as its identity ends.
-    let mut count_ident = vec![1];
+    let mut count_ident = String::from("\x01");
     escape_zeros(&mut count_ident, &out.count_name);
     let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
     let mut rows = rows.iter().peekable();
     while let Some(row) = rows.next() {
         let acc = members[row.member as usize].2;
-        let first_bound = if histogram && row.is_bucket(&arenas) {
+        let first_bound = if histogram && row.is_bucket(arenas) {
             bucket_of(members[row.member as usize].0)
         } else {
             None
@@ -1237,7 +1344,7 @@ fn finish(
                 value: total,
             });
             bucket = rows
-                .next_if(|r| r.is_bucket(&arenas) && r.labels(&arenas) == row.labels(&arenas))
+                .next_if(|r| r.is_bucket(arenas) && r.labels(arenas) == row.labels(arenas))
                 .map(|r| {
                     let (key, _, acc) = members[r.member as usize];
                     (r, bucket_of(key).unwrap_or(f64::NAN), acc)
@@ -1252,31 +1359,25 @@ fn finish(
         // The accumulated `_count` replaces a stored one, as in Python.
         while rows
             .next_if(|r| {
-                r.labels(&arenas) == row.labels(&arenas)
-                    && r.ident(&arenas)[r.labels_end as usize..] == count_ident[..]
+                r.labels(arenas) == row.labels(arenas)
+                    && r.ident(arenas).get(r.labels_end as usize..) == Some(&count_ident[..])
             })
             .is_some()
         {}
     }
-    out.arenas = arenas;
+    drop(rows);
+    out.arenas = own_arenas;
     out
 }
 
-/// Bytes that sort as `(labels, name)` compare: each string with its 0 bytes escaped as
-/// `00 FF` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
+/// Text that sorts as `(labels, name)` compare: each string with its 0 bytes escaped as
+/// `00 02` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
 /// is much cheaper than comparing the label vectors pair by pair. Also returns where the
 /// labels' part ends (after its `00 00`): those bytes compare as the labels alone do.
 #[cfg(test)]
-fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec<u8>, usize) {
-    let mut key = Vec::with_capacity(
-        labels
-            .iter()
-            .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 4)
-            .sum::<usize>()
-            + name.len()
-            + 4,
-    );
-    let labels_end = sort_key_into(
+fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (String, usize) {
+    let mut key = String::new();
+    let (labels_end, _) = sort_key_into(
         &mut key,
         labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
         name,
@@ -1284,38 +1385,41 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Vec
     (key, labels_end)
 }
 
-/// Appends [`sort_key`]`(labels, name)` to `key`; returns where the labels' part ends.
+/// Appends [`sort_key`]`(labels, name)` to `key`; returns where the labels' part ends, and
+/// whether a string had a 0 byte.
 fn sort_key_into<'l>(
-    key: &mut Vec<u8>,
+    key: &mut String,
     labels: impl IntoIterator<Item = (&'l str, &'l str)>,
     name: &str,
-) -> usize {
+) -> (usize, bool) {
+    let mut zero = false;
     for (n, v) in labels {
-        escape_zeros(key, n);
-        key.extend_from_slice(&[0, 1]);
-        escape_zeros(key, v);
-        key.extend_from_slice(&[0, 1]);
+        zero |= escape_zeros(key, n);
+        key.push_str("\0\x01");
+        zero |= escape_zeros(key, v);
+        key.push_str("\0\x01");
     }
     // The end of the labels must sort below any label (`00 01` ends the first string of one).
-    key.extend_from_slice(&[0, 0]);
+    key.push_str("\0\0");
     let labels_end = key.len();
-    escape_zeros(key, name);
-    labels_end
+    zero |= escape_zeros(key, name);
+    (labels_end, zero)
 }
 
-/// Appends `s` with its 0 bytes written as `00 FF`.
-fn escape_zeros(key: &mut Vec<u8>, s: &str) {
+/// Appends `s` with its 0 bytes written as `00 02`; tells whether it had any.
+fn escape_zeros(key: &mut String, s: &str) -> bool {
     if !s.as_bytes().contains(&0) {
-        key.extend_from_slice(s.as_bytes());
-        return;
+        key.push_str(s);
+        return false;
     }
-    for &b in s.as_bytes() {
-        if b == 0 {
-            key.extend_from_slice(&[0, 0xff]);
+    for c in s.chars() {
+        if c == '\0' {
+            key.push_str("\0\x02");
         } else {
-            key.push(b);
+            key.push(c);
         }
     }
+    true
 }
 
 fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
@@ -1403,12 +1507,36 @@ impl Merge<'_> {
         // 3. Decode the distinct keys, in parallel.
         let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
             chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
-        let decoded: Vec<Decoded> = distinct
-            .par_iter()
-            .map_init(KeyRef::default, |scratch, &(c, id)| {
-                Decoded::new(tables[c as usize].key(id), scratch)
+        const RUN: usize = 4096;
+        let runs: Vec<(String, Vec<Decoded>)> = distinct
+            .par_chunks(RUN)
+            .enumerate()
+            .map(|(arena_id, run)| {
+                let mut arena = String::with_capacity(run.len() * 96);
+                let mut scratch = KeyRef::default();
+                let decoded = run
+                    .iter()
+                    .map(|&(c, id)| {
+                        let table = &tables[c as usize];
+                        let kind = table.kinds[id as usize];
+                        Decoded::new(
+                            table.key(id),
+                            kind,
+                            &mut scratch,
+                            &mut arena,
+                            arena_id as u32,
+                        )
+                    })
+                    .collect();
+                (arena, decoded)
             })
             .collect();
+        let mut arenas = Vec::with_capacity(runs.len());
+        let mut decoded = Vec::with_capacity(distinct.len());
+        for (arena, run) in runs {
+            arenas.push(arena);
+            decoded.extend(run);
+        }
         let mut bad = Vec::new();
         let mut files = Vec::with_capacity(self.inputs.len());
         let loaded = loaded
@@ -1507,10 +1635,12 @@ impl Merge<'_> {
         let mut merged: Vec<MergedFamily> = families
             .into_iter()
             .zip(members)
-            .map(|(fam, members)| finish(fam, members, &decoded))
+            .map(|(fam, members)| finish(fam, members, &decoded, &arenas))
             .collect();
         merged.sort_by(|a, b| a.name.cmp(&b.name));
+        drop(decoded);
         Merged {
+            arenas,
             families: merged,
             bad,
             files_read,
@@ -1575,8 +1705,8 @@ mod tests {
         #[test]
         fn identities_give_back_their_labels_and_name(a in labels(), an in "[\\x00a]{0,2}") {
             let (mut ident, labels_end) = sort_key(&a, "");
-            ident.push(1);
-            ident.extend_from_slice(an.as_bytes());
+            ident.push('\x01');
+            ident.push_str(&an);
             let mut parsed = Vec::new();
             let got = parse_ident(&ident, labels_end, &mut parsed);
             let zeros = an.contains('\0') || a.iter().any(|(n, v)| n.contains('\0') || v.contains('\0'));
