@@ -18,7 +18,6 @@
 //! - A counter family whose stored name ends in `_total` (never the case for Python's writers)
 //!   is written under the name without that suffix, which keeps its `x_total` samples its own.
 
-use std::fmt::Write as _;
 
 use prometheus_multiproc_format::filename::MetricType;
 use prometheus_multiproc_format::float::write_go_float;
@@ -306,9 +305,31 @@ fn write_value(out: &mut String, value: f64) {
         && value < 1e6
         && (value != 0.0 || value.is_sign_positive())
     {
-        let _ = write!(out, "{}.0", value as i64);
+        write_integer(out, value as i64);
+        out.push_str(".0");
     } else {
         write_go_float(out, value);
+    }
+}
+
+/// Appends the decimal digits of `n`.
+fn write_integer(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
     }
 }
 
@@ -345,6 +366,13 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
 
 /// Appends `s` with `\` and newlines escaped, and `"` too if `quote`.
 fn write_escaped(out: &mut String, s: &str, quote: bool) {
+    if !s
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (index, byte) in s.bytes().enumerate() {
         let escaped = match byte {
@@ -378,14 +406,35 @@ fn is_name_char(c: char, first: bool, kind: NameKind) -> bool {
         || (c == ':' && kind == NameKind::Metric)
 }
 
+/// Bytes a legacy name may hold after its first: `[a-zA-Z0-9_]`, and `:` for metric names.
+const NAME_BYTES: [[bool; 256]; 2] = {
+    let mut tables = [[false; 256]; 2];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let ok = c.is_ascii_alphanumeric() || c == b'_';
+        tables[0][b] = ok || c == b':';
+        tables[1][b] = ok;
+        b += 1;
+    }
+    tables
+};
+
 /// Whether `name` is a valid legacy name of `kind`.
 fn is_valid_name(name: &str, kind: NameKind) -> bool {
     // Bytes of multi-byte characters are never valid, so checking bytes is checking characters.
-    !name.is_empty()
-        && name
-            .bytes()
-            .enumerate()
-            .all(|(index, byte)| is_name_char(byte as char, index == 0, kind))
+    let table = &NAME_BYTES[match kind {
+        NameKind::Metric => 0,
+        NameKind::Label => 1,
+    }];
+    match name.as_bytes().split_first() {
+        Some((first, rest)) => {
+            !first.is_ascii_digit()
+                && table[usize::from(*first)]
+                && rest.iter().all(|&b| table[usize::from(b)])
+        }
+        None => false,
+    }
 }
 
 /// `name` with every character a legacy name may not hold at its position replaced by `_`
