@@ -943,7 +943,11 @@ fn markdown(machine: &Machine, results: &[ModeResult], quick: bool) -> String {
             &format!("read every file (`std::fs::read`), {threads} threads"),
             &r.read_par,
         );
-        row(&mut md, "ours: `Collector::collect` (owned families)", &r.collect);
+        row(
+            &mut md,
+            "ours: `Collector::collect` (owned families)",
+            &r.collect,
+        );
         row(&mut md, "ours: `encode(Text)` of those families", &r.encode);
         row(&mut md, "ours: collect + encode", &r.owned);
         row(

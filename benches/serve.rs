@@ -6,7 +6,7 @@
 //! counter series, as a pre-forked server's workers do), then, format by format (text or
 //! OpenMetrics, plain or gzip; Prometheus asks for OpenMetrics and gzip):
 //!
-//! - scrapes per second of `collect` + `encode` (+ gzip) in a loop in this process, no HTTP;
+//! - scrapes per second of `Collector::encode_into` (+ gzip) in a loop in this process, no HTTP;
 //! - scrapes per second of each server, with 1 and 4 client threads scraping back to back over
 //!   keep-alive connections (Python's server closes each connection: its client reconnects);
 //! - what HTTP adds to one scrape: alternating short rounds of in-process and one-client HTTP
@@ -37,7 +37,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use prometheus_multiproc::collector::Collector;
-use prometheus_multiproc::exposition::{encode, Format};
+use prometheus_multiproc::exposition::Format;
 use prometheus_multiproc::format::key::encode_key;
 use prometheus_multiproc::format::layout::write_file;
 use prometheus_multiproc::http::{start, ServerConfig};
@@ -534,8 +534,8 @@ fn main() {
             Format::Text
         };
         let scrape_in_process = || {
-            let scrape = collector.collect().unwrap();
-            let text = encode(&scrape.families, format);
+            let mut text = String::new();
+            collector.encode_into(format, &mut text).unwrap();
             if flavour.gzip {
                 std::hint::black_box(gzip(text.as_bytes()));
             } else {
@@ -546,7 +546,7 @@ fn main() {
         println!(
             "{:>18} {:>40}: {in_process:>8.1} scrapes/s",
             flavour.name(),
-            "in-process collect + encode"
+            "in-process Collector::encode_into"
         );
         let mut rates = Vec::new();
         for (name, addr, clients) in &columns {
@@ -611,7 +611,7 @@ fn main() {
          file, merged into {series} series). Scrapes per second, each figure over {seconds} s of \
          back-to-back scrapes by keep-alive clients on loopback (Python's server closes the \
          connection after each answer, so its client reconnects, as Prometheus does). \
-         \"In-process\" is `Collector::collect` + `encode` (+ gzip) called in a loop in one \
+         \"In-process\" is `Collector::encode_into` (+ gzip) called in a loop in one \
          thread, without HTTP.\n"
     );
     let mut header = String::from("| format | body bytes | in-process |");

@@ -257,6 +257,8 @@ impl Collector {
         let mut merged = self.merge()?.run();
         let bad_files = report(std::mem::take(&mut merged.bad));
         let mut families = merged.to_families();
+        merged.stages.lap("own");
+        merged.stages.log(&self.dir, merged.files_read);
         let files_read = merged.files_read;
         drop(merged);
         let own = self.own_families(&bad_files, |name| {
@@ -309,6 +311,8 @@ impl Collector {
             |f| f.name(),
         );
         encode_views(&all, format, out);
+        merged.stages.lap("encode");
+        merged.stages.log(&self.dir, merged.files_read);
         Ok(Summary {
             bad_files,
             files_read: merged.files_read,
@@ -1092,11 +1096,53 @@ enum SampleName {
     Count,
 }
 
+/// How long each stage of a scrape took, for the `debug` log line that tells where a slow
+/// scrape spends its time.
+struct Stages {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+    keys: usize,
+}
+
+impl Stages {
+    fn start() -> Stages {
+        Stages {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+            keys: 0,
+        }
+    }
+
+    fn lap(&mut self, stage: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((stage, now - self.last));
+        self.last = now;
+    }
+
+    /// Logs the stages at `debug` level.
+    fn log(&self, dir: &Path, files: usize) {
+        if log::log_enabled!(log::Level::Debug) {
+            let laps: Vec<String> = self
+                .laps
+                .iter()
+                .map(|(stage, d)| format!("{stage} {:.1} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            log::debug!(
+                "scraped {} ({files} files, {} distinct keys): {}",
+                dir.display(),
+                self.keys,
+                laps.join(", ")
+            );
+        }
+    }
+}
+
 /// A merged directory: what [`Collector::collect`] turns into owned families and
 /// [`Collector::encode_into`] writes directly.
 struct Merged {
     /// The identities of the keys' series (see [`Arenas`]).
     arenas: Vec<String>,
+    stages: Stages,
     families: Vec<MergedFamily>,
     bad: Vec<BadFile>,
     files_read: usize,
@@ -1438,6 +1484,7 @@ fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
 impl Merge<'_> {
     /// Reads and merges the files.
     fn run(self) -> Merged {
+        let mut stages = Stages::start();
         // 1. Read the files in runs of consecutive files, one run per task, each through one
         //    buffer: only the distinct keys are kept, not the files' bytes.
         let per_chunk = self
@@ -1447,6 +1494,7 @@ impl Merge<'_> {
             .max(1);
         let chunks: Vec<Chunk> = self.inputs.par_chunks(per_chunk).map(load_chunk).collect();
 
+        stages.lap("read");
         // 2. Number the distinct keys across runs: each is decoded once, however many files
         //    hold it.
         //    The keys are split among the threads by hash, each numbering its share.
@@ -1504,6 +1552,7 @@ impl Merge<'_> {
             distinct.extend_from_slice(firsts);
         }
         drop(numbered);
+        stages.lap("number");
         // 3. Decode the distinct keys, in parallel.
         let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
             chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
@@ -1554,6 +1603,7 @@ impl Merge<'_> {
         }
         let mut files_read = 0;
 
+        stages.lap("decode");
         // 4. Merge file by file, in name order, into one accumulator per key (per key and
         //    process for `all` gauges); a file with a bad key is left out whole.
         const UNSEEN: u32 = u32::MAX;
@@ -1617,6 +1667,7 @@ impl Merge<'_> {
         }
         drop(family_index);
 
+        stages.lap("merge");
         // 5. Each family's series in order, on every core.
         let mut members: Vec<Vec<(u32, Option<&str>, Acc)>> = vec![Vec::new(); families.len()];
         for (key, (&f, acc)) in family_of.iter().zip(&accs).enumerate() {
@@ -1638,9 +1689,12 @@ impl Merge<'_> {
             .map(|(fam, members)| finish(fam, members, &decoded, &arenas))
             .collect();
         merged.sort_by(|a, b| a.name.cmp(&b.name));
+        stages.lap("finish");
+        stages.keys = decoded.len();
         drop(decoded);
         Merged {
             arenas,
+            stages,
             families: merged,
             bad,
             files_read,

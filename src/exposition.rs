@@ -18,7 +18,6 @@
 //! - A counter family whose stored name ends in `_total` (never the case for Python's writers)
 //!   is written under the name without that suffix, which keeps its `x_total` samples its own.
 
-
 use prometheus_multiproc_format::filename::MetricType;
 use prometheus_multiproc_format::float::write_go_float;
 
