@@ -1,736 +1,23 @@
-//! Reading and merging a multiprocess directory into metric families.
-//!
-//! The merge follows Python's `MultiProcessCollector`: counters and summaries are summed;
-//! histogram buckets are summed per label set, then accumulated in numeric `le` order, with
-//! `_count` the total; gauges are merged by their file's mode (`all`/`liveall` keep one sample per
-//! process with a `pid` label; `min`, `max`, `sum` and `mostrecent`, live or not, drop it).
-//!
-//! Where Python's output would be invalid, we differ: a user label named `pid` on an
-//! `all`/`liveall` gauge is replaced by the file's pid (Python writes both values as duplicate
-//! series; our writer refuses that label name).
-//!
-//! `live*` gauge files of a process that died without `mark_process_dead` are left out when the
-//! directory tells it is dead (see [`crate::liveness`]); files written by Python have no liveness
-//! lock and keep Python's rule.
-//!
-//! Unlike Python, a bad file is left out and reported instead of failing the whole scrape, and
-//! the output is sorted, so two scrapes of the same directory are byte-identical: families by
-//! name; samples by labels, then name; histogram buckets by numeric `le`, then `_count`, then
-//! the other samples of the same labels.
+//! Merging what was read: numbering the distinct keys across runs, checking them and writing
+//! their series' identities, merging the values, finishing each family in order, and the view of
+//! a merged family the encoders read (see `docs/design.md`).
 
 use std::borrow::Cow;
-use std::fmt;
 use std::fmt::Write as _;
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 use prometheus_multiproc_format::float::go_float;
 use prometheus_multiproc_format::key::{decode_key_into, decode_key_ref, KeyError, KeyRef};
-use prometheus_multiproc_format::layout::{self, LayoutError};
 use rayon::prelude::*;
+use rustc_hash::FxHashMap;
 
-use crate::exposition::{encode_views, FamilyView, Format};
-use crate::liveness::{liveness, Liveness};
-use rustc_hash::{FxBuildHasher, FxHashMap};
-use std::hash::BuildHasher;
+use super::read::{load_chunk, Chunk, Input, KeyList, KeyTable, Loaded};
+use super::{BadFile, BadFileReason, MetricFamily, Sample};
+use crate::exposition::FamilyView;
 
-/// One merged metric family: the unit an encoder writes under one `# HELP` and `# TYPE`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricFamily {
-    /// The family name as stored in the keys (`requests` for samples named `requests_total`).
-    pub name: String,
-    /// The help text.
-    pub help: String,
-    /// The metric type.
-    pub kind: MetricType,
-    /// The samples, in the order they are written.
-    pub samples: Vec<Sample>,
-}
-
-/// One merged sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// The sample name (`requests_total`, `latency_bucket`, ...).
-    pub name: String,
-    /// Label names and values, sorted by name.
-    pub labels: Vec<(String, String)>,
-    /// The value.
-    pub value: f64,
-}
-
-/// Why a file was left out of a scrape. Its [`as_str`](BadFileReason::as_str) is the `reason`
-/// label of the `prometheus_multiproc_bad_files` gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum BadFileReason {
-    /// A 0-byte file.
-    Empty,
-    /// Shorter than its header says (or than a header).
-    Truncated,
-    /// Bytes or keys that are not in the format.
-    Corrupt,
-    /// The file could not be opened or read (permissions, I/O error, vanished).
-    Unreadable,
-    /// A `*.db` name that is not `counter_`, `gauge_{mode}_`, `histogram_` or `summary_`.
-    UnknownType,
-    /// A directory or other non-file named `*.db`.
-    NotAFile,
-}
-
-impl BadFileReason {
-    /// Every reason, in label order.
-    pub const ALL: [BadFileReason; 6] = [
-        BadFileReason::Corrupt,
-        BadFileReason::Empty,
-        BadFileReason::NotAFile,
-        BadFileReason::Truncated,
-        BadFileReason::UnknownType,
-        BadFileReason::Unreadable,
-    ];
-
-    /// The label value: `empty`, `truncated`, `corrupt`, `unreadable`, `unknown_type`, `not_a_file`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BadFileReason::Empty => "empty",
-            BadFileReason::Truncated => "truncated",
-            BadFileReason::Corrupt => "corrupt",
-            BadFileReason::Unreadable => "unreadable",
-            BadFileReason::UnknownType => "unknown_type",
-            BadFileReason::NotAFile => "not_a_file",
-        }
-    }
-}
-
-impl fmt::Display for BadFileReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A file left out of a scrape: which one, why, and where in it the problem is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadFile {
-    /// The file's path.
-    pub path: PathBuf,
-    /// The kind of problem.
-    pub reason: BadFileReason,
-    /// The byte offset of the problem, when it is inside the file's bytes.
-    pub offset: Option<usize>,
-    /// A message naming the problem.
-    pub message: String,
-}
-
-impl fmt::Display for BadFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
-    }
-}
-
-/// The directory itself could not be read: nothing can be served.
-#[derive(Debug)]
-pub struct CollectError {
-    /// The directory.
-    pub dir: PathBuf,
-    /// What went wrong.
-    pub source: io::Error,
-}
-
-impl fmt::Display for CollectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot read multiprocess directory {}: {}",
-            self.dir.display(),
-            self.source
-        )
-    }
-}
-
-impl std::error::Error for CollectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-/// The environment variable naming the multiprocess directory.
-pub const DIR_ENV: &str = "PROMETHEUS_MULTIPROC_DIR";
-/// The deprecated lower-case spelling Python still honours.
-pub const LEGACY_DIR_ENV: &str = "prometheus_multiproc_dir";
-
-/// The directory named by `PROMETHEUS_MULTIPROC_DIR` (or, with a deprecation warning logged, the
-/// legacy `prometheus_multiproc_dir`), if either is set and non-empty.
-pub fn dir_from_env() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os(DIR_ENV).filter(|d| !d.is_empty()) {
-        return Some(d.into());
-    }
-    let legacy = std::env::var_os(LEGACY_DIR_ENV).filter(|d| !d.is_empty())?;
-    log::warn!("{LEGACY_DIR_ENV} is deprecated, set {DIR_ENV} instead");
-    Some(legacy.into())
-}
-
-/// The name of the gauge this crate adds to every scrape, counting bad files by reason.
-pub const BAD_FILES_METRIC: &str = "prometheus_multiproc_bad_files";
-
-/// The result of one scrape of a directory.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scrape {
-    /// The merged families, sorted by name (with samples in a stable order), including the
-    /// `prometheus_multiproc_bad_files` gauge unless turned off.
-    pub families: Vec<MetricFamily>,
-    /// The files left out, sorted by path.
-    pub bad_files: Vec<BadFile>,
-    /// How many files were merged.
-    pub files_read: usize,
-}
-
-/// Reads and merges a multiprocess directory, as Python's `MultiProcessCollector` does.
-///
-/// A bad file (empty, truncated, corrupt, unreadable, of an unknown type) never fails the scrape:
-/// it is left out whole, logged at `warn` level, listed in [`Scrape::bad_files`] and counted in the
-/// `prometheus_multiproc_bad_files` gauge. Only a directory that cannot be listed is an error.
-#[derive(Debug, Clone)]
-pub struct Collector {
-    dir: PathBuf,
-    self_metrics: bool,
-    process_metrics: bool,
-}
-
-impl Collector {
-    /// A collector of the directory `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Collector {
-        Collector {
-            dir: dir.into(),
-            self_metrics: true,
-            process_metrics: false,
-        }
-    }
-
-    /// A collector of the directory named by `PROMETHEUS_MULTIPROC_DIR` (see [`dir_from_env`]).
-    pub fn from_env() -> Result<Collector, CollectError> {
-        dir_from_env()
-            .map(Collector::new)
-            .ok_or_else(|| CollectError {
-                dir: PathBuf::new(),
-                source: io::Error::new(io::ErrorKind::NotFound, format!("{DIR_ENV} is not set")),
-            })
-    }
-
-    /// Whether to add the `prometheus_multiproc_bad_files` gauge to each scrape (default: yes).
-    pub fn self_metrics(mut self, on: bool) -> Collector {
-        self.self_metrics = on;
-        self
-    }
-
-    /// Whether to add the metrics of the scraping process (`process_cpu_seconds_total`,
-    /// `process_resident_memory_bytes`, `process_open_fds`, ..., see [`crate::process`]) to each
-    /// scrape (default: no). They describe the process that calls [`collect`](Self::collect),
-    /// not the workers whose files are merged. A family of the directory with the same name
-    /// wins over the process's own.
-    ///
-    /// ```
-    /// use prometheus_multiproc::collector::Collector;
-    ///
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let scrape = Collector::new(dir.path())
-    ///     .self_metrics(false)
-    ///     .process_metrics(true)
-    ///     .collect()
-    ///     .unwrap();
-    /// if std::path::Path::new("/proc/self/stat").exists() {
-    ///     assert!(scrape.families.iter().any(|f| f.name == "process_start_time_seconds"));
-    /// }
-    /// ```
-    pub fn process_metrics(mut self, on: bool) -> Collector {
-        self.process_metrics = on;
-        self
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Reads every `*.db` file of the directory and merges them.
-    pub fn collect(&self) -> Result<Scrape, CollectError> {
-        let mut merged = self.merge()?.run();
-        let bad_files = report(std::mem::take(&mut merged.bad));
-        let mut families = merged.to_families();
-        merged.stages.lap("own");
-        merged.stages.log(&self.dir, merged.files_read);
-        let files_read = merged.files_read;
-        drop(merged);
-        let own = self.own_families(&bad_files, |name| {
-            families
-                .binary_search_by(|f| f.name.as_str().cmp(name))
-                .is_ok()
-        });
-        families = merge_by_name(families, own, |f| &f.name);
-        Ok(Scrape {
-            families,
-            bad_files,
-            files_read,
-        })
-    }
-
-    /// Reads and merges the directory as [`collect`](Self::collect) does, and appends the
-    /// exposition of the result in `format` to `out`: what a scrape endpoint serves, written
-    /// straight from the files' keys without building [`Scrape`]'s owned samples.
-    ///
-    /// ```
-    /// use prometheus_multiproc::collector::Collector;
-    /// use prometheus_multiproc::exposition::{encode, Format};
-    /// use prometheus_multiproc::Registry;
-    ///
-    /// let dir = tempfile::tempdir().unwrap();
-    /// let registry = Registry::new(dir.path()).unwrap();
-    /// registry.counter("jobs", "Jobs run.").unwrap().inc();
-    ///
-    /// let collector = Collector::new(dir.path()).self_metrics(false);
-    /// let mut text = String::new();
-    /// let summary = collector.encode_into(Format::Text, &mut text).unwrap();
-    /// assert_eq!(text, "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total 1.0\n");
-    /// assert_eq!(summary.files_read, 1);
-    /// // The same text as encoding the collected families.
-    /// assert_eq!(text, encode(&collector.collect().unwrap().families, Format::Text));
-    /// ```
-    pub fn encode_into(&self, format: Format, out: &mut String) -> Result<Summary, CollectError> {
-        let mut merged = self.merge()?.run();
-        let bad_files = report(std::mem::take(&mut merged.bad));
-        let own = self.own_families(&bad_files, |name| {
-            merged
-                .families
-                .binary_search_by(|f| f.name.as_str().cmp(name))
-                .is_ok()
-        });
-        let views = merged.views();
-        let all = merge_by_name(
-            views.iter().map(|f| f as &dyn FamilyView).collect(),
-            own.iter().map(|f| f as &dyn FamilyView).collect(),
-            |f| f.name(),
-        );
-        encode_views(&all, format, out);
-        merged.stages.lap("encode");
-        merged.stages.log(&self.dir, merged.files_read);
-        Ok(Summary {
-            bad_files,
-            files_read: merged.files_read,
-        })
-    }
-
-    /// The files of the directory to merge.
-    fn merge(&self) -> Result<Merge<'static>, CollectError> {
-        let err = |source| CollectError {
-            dir: self.dir.clone(),
-            source,
-        };
-        let mut paths = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(err)? {
-            let entry = entry.map_err(err)?;
-            let name = entry.file_name();
-            let bytes = name.as_encoded_bytes();
-            // Python globs `*.db`, which skips hidden files.
-            if bytes.ends_with(b".db") && !bytes.starts_with(b".") {
-                paths.push(entry.path());
-            }
-        }
-        paths.sort();
-        let mut inputs = Vec::with_capacity(paths.len());
-        for path in paths {
-            let file_name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let name = FileName::parse(&file_name).map_err(|e| e.to_string());
-            if let Ok(n) = &name {
-                if n.mode.is_some_and(GaugeMode::is_live)
-                    && liveness(&self.dir, &n.pid) == Liveness::Dead
-                {
-                    // Its process died without anyone calling mark_process_dead: leave it out.
-                    log::debug!("{}: process {} is dead, left out", path.display(), n.pid);
-                    continue;
-                }
-            }
-            inputs.push(Input {
-                name,
-                path,
-                bytes: None,
-            });
-        }
-        Ok(Merge { inputs })
-    }
-
-    /// The families this crate adds to a scrape, sorted by name: the bad-files gauge, and the
-    /// scraping process's metrics whose names the directory (`has`) does not already use.
-    fn own_families(&self, bad: &[BadFile], has: impl Fn(&str) -> bool) -> Vec<MetricFamily> {
-        let mut own = Vec::new();
-        if self.self_metrics {
-            own.push(bad_files_family(bad));
-        }
-        if self.process_metrics {
-            own.extend(
-                crate::process::process_families()
-                    .into_iter()
-                    .filter(|f| !has(&f.name)),
-            );
-        }
-        own.sort_by(|a, b| a.name.cmp(&b.name));
-        own
-    }
-}
-
-/// What [`Collector::encode_into`] tells besides the text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// The files left out, sorted by path.
-    pub bad_files: Vec<BadFile>,
-    /// How many files were merged.
-    pub files_read: usize,
-}
-
-/// Sorts and logs the bad files of a scrape.
-fn report(mut bad: Vec<BadFile>) -> Vec<BadFile> {
-    bad.sort_by(|a, b| a.path.cmp(&b.path));
-    for b in &bad {
-        log::warn!("skipped bad multiprocess file {b}");
-    }
-    bad
-}
-
-/// Two lists sorted by name as one; on equal names, `own`'s first.
-fn merge_by_name<T>(dir: Vec<T>, own: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
-    let mut out = Vec::with_capacity(dir.len() + own.len());
-    let mut dir = dir.into_iter().peekable();
-    for o in own {
-        while let Some(d) = dir.next_if(|d| name(d) < name(&o)) {
-            out.push(d);
-        }
-        out.push(o);
-    }
-    out.extend(dir);
-    out
-}
-
-/// Reads the bytes in use of a regular file into `buf` (replacing its contents). Anything else
-/// named `*.db` (a directory, a FIFO that would block the scrape forever, a socket, a device) is
-/// refused without reading.
-fn read_regular_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-    use std::io::Read;
-    let (mut file, len) = open_regular_file(path)?;
-    buf.clear();
-    // As Python does: the first page, then only the bytes in use (the rest of a file is zeros
-    // waiting for entries). A `used` past the end reads the whole file, so the error can tell
-    // how short it is.
-    (&mut file).take(4096).read_to_end(buf)?;
-    let used = buf
-        .get(..4)
-        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .unwrap_or(0);
-    let wanted = match usize::try_from(used) {
-        Ok(u) if u > buf.len() && u <= len => u,
-        Ok(u) if u <= buf.len() => return Ok(()),
-        _ => len,
-    };
-    buf.reserve(wanted.saturating_sub(buf.len()));
-    (&mut file)
-        .take(wanted.saturating_sub(buf.len()) as u64)
-        .read_to_end(buf)?;
-    if used > 0 && used as usize > len {
-        // Past the end: read whatever is there (the file may have grown meanwhile).
-        file.read_to_end(buf)?;
-    }
-    Ok(())
-}
-
-/// Opens a file for reading if it is a regular file, with its length.
-fn open_regular_file(path: &Path) -> io::Result<(fs::File, usize)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
-    }
-    Ok((file, usize::try_from(meta.len()).unwrap_or(usize::MAX)))
-}
-
-fn is_not_a_file(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::IsADirectory | io::ErrorKind::InvalidInput
-    )
-}
-
-fn bad_files_family(bad: &[BadFile]) -> MetricFamily {
-    MetricFamily {
-        name: BAD_FILES_METRIC.to_owned(),
-        help: "Files of the multiprocess directory left out of this scrape, by reason.".to_owned(),
-        kind: MetricType::Gauge,
-        samples: BadFileReason::ALL
-            .iter()
-            .map(|r| Sample {
-                name: BAD_FILES_METRIC.to_owned(),
-                labels: vec![("reason".to_owned(), r.as_str().to_owned())],
-                value: bad.iter().filter(|b| b.reason == *r).count() as f64,
-            })
-            .collect(),
-    }
-}
-
-/// Merges the bytes of files, as read from a directory.
-///
-/// This is the whole merge, over plain byte slices: [`Collector::collect`] lists and reads the
-/// files, then calls it.
-///
-/// ```
-/// use prometheus_multiproc::collector::merge_files;
-/// use prometheus_multiproc::format::{key::encode_key, layout::write_file};
-///
-/// let key = encode_key("temp", "temp", &[] as &[(&str, &str)], "Temperature.");
-/// let a = write_file([(key.as_bytes(), 20.0, 0.0)]);
-/// let b = write_file([(key.as_bytes(), 25.0, 0.0)]);
-/// let (families, bad) = merge_files(&[("gauge_max_1.db", &a[..]), ("gauge_max_2.db", &b[..])]);
-/// assert!(bad.is_empty());
-/// assert_eq!(families[0].samples[0].value, 25.0);
-/// ```
-pub fn merge_files(files: &[(&str, &[u8])]) -> (Vec<MetricFamily>, Vec<BadFile>) {
-    let inputs = files
-        .iter()
-        .map(|(file_name, bytes)| Input {
-            name: FileName::parse(file_name).map_err(|e| e.to_string()),
-            path: PathBuf::from(file_name),
-            bytes: Some(bytes),
-        })
-        .collect();
-    let merged = Merge { inputs }.run();
-    (merged.to_families(), merged.bad)
-}
-
-/// One file to merge: its bytes, or its path to read them from.
-struct Input<'a> {
-    /// The parsed file name, or why it does not parse.
-    name: Result<FileName, String>,
-    path: PathBuf,
-    bytes: Option<&'a [u8]>,
-}
-
-struct Merge<'a> {
-    inputs: Vec<Input<'a>>,
-}
-
-/// What reading one file gave.
-enum Loaded {
-    /// Its entries, keys numbered in its chunk's [`KeyTable`].
-    Entries(FileEntries),
-    Bad(BadFile),
-    /// A `live*` gauge file removed by `mark_process_dead` between listing and reading.
-    Gone,
-}
-
-/// The distinct keys met in a run of files: their bytes, one copy each, and their hashes.
-#[derive(Default)]
-struct KeyTable {
-    bytes: Vec<u8>,
-    /// Where each key is in `bytes`: (start, end).
-    spans: Vec<(usize, usize)>,
-    hashes: Vec<u64>,
-    /// The type of the first file each key was met in.
-    kinds: Vec<MetricType>,
-    index: hashbrown::HashTable<u32>,
-}
-
-impl KeyTable {
-    fn key(&self, id: u32) -> &[u8] {
-        let (start, end) = self.spans[id as usize];
-        &self.bytes[start..end]
-    }
-
-    /// The number of `key`, copied in if it is new.
-    fn intern(&mut self, key: &[u8], kind: MetricType) -> u32 {
-        let hash = FxBuildHasher.hash_one(key);
-        let KeyTable {
-            bytes,
-            spans,
-            hashes,
-            kinds,
-            index,
-        } = self;
-        let found = index.entry(
-            hash,
-            |&id| {
-                let (start, end) = spans[id as usize];
-                &bytes[start..end] == key
-            },
-            |&id| hashes[id as usize],
-        );
-        match found {
-            hashbrown::hash_table::Entry::Occupied(o) => *o.get(),
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                let id = spans.len() as u32;
-                spans.push((bytes.len(), bytes.len() + key.len()));
-                bytes.extend_from_slice(key);
-                hashes.push(hash);
-                kinds.push(kind);
-                v.insert(id);
-                id
-            }
-        }
-    }
-}
-
-/// A run of files read one after the other by one thread, through one reused buffer.
-struct Chunk {
-    keys: KeyTable,
-    files: Vec<Loaded>,
-}
-
-/// Reads and numbers the entries of consecutive files.
-fn load_chunk(inputs: &[Input]) -> Chunk {
-    let mut keys = KeyTable::default();
-    let mut buf = Vec::new();
-    let mut files: Vec<Loaded> = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        let prev = files.iter().rev().find_map(|f| match f {
-            Loaded::Entries(e) => Some(&e.keys),
-            _ => None,
-        });
-        let loaded = load_file(input, &mut buf, &mut keys, prev);
-        files.push(loaded);
-    }
-    Chunk { keys, files }
-}
-
-fn load_file(
-    input: &Input,
-    buf: &mut Vec<u8>,
-    keys: &mut KeyTable,
-    prev: Option<&Arc<KeyList>>,
-) -> Loaded {
-    let bad = |reason, message| {
-        Loaded::Bad(BadFile {
-            path: input.path.clone(),
-            reason,
-            offset: None,
-            message,
-        })
-    };
-    let io_bad = |e: io::Error| {
-        let live = input
-            .name
-            .as_ref()
-            .is_ok_and(|n| n.mode.is_some_and(GaugeMode::is_live));
-        if live && e.kind() == io::ErrorKind::NotFound {
-            // Removed by mark_process_dead between listing and reading, as Python allows.
-            return Loaded::Gone;
-        }
-        let reason = if is_not_a_file(&e) {
-            BadFileReason::NotAFile
-        } else {
-            BadFileReason::Unreadable
-        };
-        bad(reason, format!("cannot read file: {e}"))
-    };
-    let (bytes, kind): (&[u8], MetricType) = match (input.bytes, &input.name) {
-        (Some(bytes), Ok(name)) => (bytes, name.kind),
-        (Some(_), Err(e)) => return bad(BadFileReason::UnknownType, e.clone()),
-        (None, Err(e)) => {
-            // A directory is not a file, whatever its name says.
-            return match open_regular_file(&input.path) {
-                Err(io) if is_not_a_file(&io) => io_bad(io),
-                _ => bad(BadFileReason::UnknownType, e.clone()),
-            };
-        }
-        (None, Ok(name)) => match read_regular_file(&input.path, buf) {
-            Ok(()) => (buf, name.kind),
-            Err(e) => return io_bad(e),
-        },
-    };
-    let mut entries = match layout::entries(bytes) {
-        Ok(entries) => entries,
-        Err(e) => return Loaded::Bad(layout_bad(&input.path, &e)),
-    };
-    let prev_ids: &[u32] = prev.map_or(&[], |p| &p.ids);
-    let with_timestamps = input.name.as_ref().is_ok_and(|n| {
-        matches!(
-            n.mode,
-            Some(GaugeMode::MostRecent | GaugeMode::LiveMostRecent)
-        )
-    });
-    let mut values = Vec::with_capacity(prev_ids.len());
-    let mut timestamps = Vec::new();
-    // The file's own key list, made only once it differs from the previous file's.
-    let mut own: Option<KeyList> = None;
-    for (j, e) in entries.by_ref().enumerate() {
-        let e = match e {
-            Ok(e) => e,
-            Err(e) => return Loaded::Bad(layout_bad(&input.path, &e)),
-        };
-        values.push(e.value);
-        if with_timestamps {
-            timestamps.push(e.timestamp);
-        }
-        // Workers of one server usually create the same series in the same order: an entry
-        // whose key is the one at the same place in the previous file needs no hashing, and a
-        // file whose keys are all the previous file's shares its key list.
-        let same = prev_ids.get(j).filter(|&&p| keys.key(p) == e.key).copied();
-        if same.is_some() && own.is_none() {
-            continue;
-        }
-        let list = own.get_or_insert_with(|| {
-            let prev = prev.map_or(&[][..], |p| &p.offsets[..j]);
-            KeyList {
-                ids: prev_ids[..j].to_vec(),
-                offsets: prev.to_vec(),
-            }
-        });
-        list.ids
-            .push(same.unwrap_or_else(|| keys.intern(e.key, kind)));
-        // `used` is an i32: every offset fits.
-        list.offsets.push(e.offset as u32);
-    }
-    let keys = match (own, prev) {
-        (Some(own), _) => Arc::new(own),
-        (None, Some(prev)) if prev.ids.len() == values.len() => Arc::clone(prev),
-        (None, prev) => {
-            // A prefix of the previous file's keys.
-            let n = values.len();
-            Arc::new(KeyList {
-                ids: prev_ids[..n].to_vec(),
-                offsets: prev.map_or(Vec::new(), |p| p.offsets[..n].to_vec()),
-            })
-        }
-    };
-    Loaded::Entries(FileEntries {
-        keys,
-        values,
-        timestamps,
-    })
-}
-
-/// A file's entries: values (and timestamps, for the files of `mostrecent` gauges, the only
-/// ones that use them) in file order, with the keys they belong to.
-struct FileEntries {
-    keys: Arc<KeyList>,
-    values: Vec<f64>,
-    timestamps: Vec<f64>,
-}
-
-/// The keys of a file's entries, in file order: shared by consecutive files of one run that
-/// hold the same keys in the same order (at the same offsets, then).
-struct KeyList {
-    /// Numbers in the run's [`KeyTable`].
-    ids: Vec<u32>,
-    /// Offsets of the entries in the file.
-    offsets: Vec<u32>,
+pub(super) struct Merge<'a> {
+    pub(super) inputs: Vec<Input<'a>>,
 }
 
 /// A checked key with what the merge needs of it, found in parallel before the merge: its
@@ -1061,8 +348,8 @@ fn push_bound(arena: &mut String, bound: f64) {
 }
 
 /// A merged family: samples sorted, their names and labels in the identities of their rows.
-struct MergedFamily {
-    name: String,
+pub(super) struct MergedFamily {
+    pub(super) name: String,
     help: String,
     kind: MetricType,
     /// `{name}_bucket` and `{name}_count`, for histograms.
@@ -1098,7 +385,7 @@ enum SampleName {
 
 /// How long each stage of a scrape took, for the `debug` log line that tells where a slow
 /// scrape spends its time.
-struct Stages {
+pub(super) struct Stages {
     last: std::time::Instant,
     laps: Vec<(&'static str, std::time::Duration)>,
     keys: usize,
@@ -1113,14 +400,14 @@ impl Stages {
         }
     }
 
-    fn lap(&mut self, stage: &'static str) {
+    pub(super) fn lap(&mut self, stage: &'static str) {
         let now = std::time::Instant::now();
         self.laps.push((stage, now - self.last));
         self.last = now;
     }
 
     /// Logs the stages at `debug` level.
-    fn log(&self, dir: &Path, files: usize) {
+    pub(super) fn log(&self, dir: &Path, files: usize) {
         if log::log_enabled!(log::Level::Debug) {
             let laps: Vec<String> = self
                 .laps
@@ -1139,23 +426,23 @@ impl Stages {
 
 /// A merged directory: what [`Collector::collect`] turns into owned families and
 /// [`Collector::encode_into`] writes directly.
-struct Merged {
+pub(super) struct Merged {
     /// The identities of the keys' series (see [`Arenas`]).
     arenas: Vec<String>,
-    stages: Stages,
-    families: Vec<MergedFamily>,
-    bad: Vec<BadFile>,
-    files_read: usize,
+    pub(super) stages: Stages,
+    pub(super) families: Vec<MergedFamily>,
+    pub(super) bad: Vec<BadFile>,
+    pub(super) files_read: usize,
 }
 
 /// A merged family with the identities it refers to, as the encoders read it.
-struct MergedView<'m> {
-    family: &'m MergedFamily,
+pub(super) struct MergedView<'m> {
+    pub(super) family: &'m MergedFamily,
     arenas: Arenas<'m>,
 }
 
 impl Merged {
-    fn views(&self) -> Vec<MergedView<'_>> {
+    pub(super) fn views(&self) -> Vec<MergedView<'_>> {
         self.families
             .iter()
             .map(|family| MergedView {
@@ -1214,7 +501,7 @@ impl FamilyView for MergedView<'_> {
 
 impl Merged {
     /// The families with owned samples.
-    fn to_families(&self) -> Vec<MetricFamily> {
+    pub(super) fn to_families(&self) -> Vec<MetricFamily> {
         self.views()
             .iter()
             .map(|family| MetricFamily {
@@ -1468,22 +755,9 @@ fn escape_zeros(key: &mut String, s: &str) -> bool {
     true
 }
 
-fn layout_bad(path: &Path, e: &LayoutError) -> BadFile {
-    BadFile {
-        path: path.to_owned(),
-        reason: match e.reason() {
-            "empty" => BadFileReason::Empty,
-            "truncated" => BadFileReason::Truncated,
-            _ => BadFileReason::Corrupt,
-        },
-        offset: Some(e.offset),
-        message: e.to_string(),
-    }
-}
-
 impl Merge<'_> {
     /// Reads and merges the files.
-    fn run(self) -> Merged {
+    pub(super) fn run(self) -> Merged {
         let mut stages = Stages::start();
         // 1. Read the files in runs of consecutive files, one run per task, each through one
         //    buffer: only the distinct keys are kept, not the files' bytes.
