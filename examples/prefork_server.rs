@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use clap::Parser;
 use prometheus_multiproc::collector::{dir_from_env, Collector};
-use prometheus_multiproc::exposition::{encode, Format};
+use prometheus_multiproc::http::scrape_response;
 use prometheus_multiproc::liveness::{mark_process_dead, prepare_dir};
 use prometheus_multiproc::{CounterVec, Gauge, GaugeMode, HistogramVec, Registry, DEFAULT_BUCKETS};
 
@@ -263,21 +263,16 @@ async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> 
     response
 }
 
-/// Merges the directory: the same answer from whichever worker gets the request.
-async fn scrape(State(metrics): State<Metrics>, headers: HeaderMap) -> Response {
-    let format = match headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) {
-        Some(a) if a.contains("application/openmetrics-text") => Format::OpenMetrics,
-        _ => Format::Text,
-    };
+/// Merges the directory: the same answer from whichever worker gets the request, in the format
+/// the scraper asks for (OpenMetrics or text, gzip or not), as the crate's endpoint answers.
+async fn scrape(State(metrics): State<Metrics>, request: Request) -> Response {
     let dir = metrics.dir.clone();
-    let scrape = tokio::task::spawn_blocking(move || Collector::new(dir).collect()).await;
-    match scrape {
-        Ok(Ok(scrape)) => (
-            [(header::CONTENT_TYPE, format.content_type())],
-            encode(&scrape.families, format),
-        )
-            .into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    let (parts, _body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    let answered =
+        tokio::task::spawn_blocking(move || scrape_response(&Collector::new(dir), &request)).await;
+    match answered {
+        Ok(response) => response.map(axum::body::Body::from),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
