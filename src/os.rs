@@ -94,17 +94,6 @@ impl MappedFile {
         Ok(())
     }
 
-    /// A copy of the first `len` bytes, to parse the entries already in the file.
-    ///
-    /// Only called before any slot of this file is handed out, so no atomic access races it.
-    pub(crate) fn snapshot(&self) -> Vec<u8> {
-        let len = self.len();
-        let mut out = vec![0u8; len];
-        // SAFETY: `len` bytes are allocated and mapped; `out` has room for them.
-        unsafe { ptr::copy_nonoverlapping(self.map.as_ptr(), out.as_mut_ptr(), len) };
-        out
-    }
-
     /// Writes `bytes` at `offset`, beyond the bytes in use, where no slot has been handed out.
     pub(crate) fn write_at(&self, offset: usize, bytes: &[u8]) -> io::Result<()> {
         let end = offset.checked_add(bytes.len()).filter(|&e| e <= self.len());

@@ -194,6 +194,51 @@ impl ProcessFiles {
     }
 }
 
+/// The bytes in use of an existing file of this pid and where each key's value is, or what is
+/// wrong with it. An empty file (created, never written) is a new one.
+fn check_existing(bytes: &[u8]) -> Result<(usize, HashMap<String, usize>), String> {
+    if bytes.is_empty() {
+        return Ok((layout::HEADER_LEN, HashMap::new()));
+    }
+    let entries = layout::entries(bytes).map_err(|e| e.to_string())?;
+    let used = entries.used().max(layout::HEADER_LEN);
+    let mut positions = HashMap::new();
+    for e in entries {
+        let e = e.map_err(|e| e.to_string())?;
+        // A key no collector can read would make it leave out the whole file.
+        decode_key(e.key).map_err(|k| format!("at offset {}: {k}", e.offset))?;
+        if let Ok(key) = std::str::from_utf8(e.key) {
+            positions.insert(key.to_owned(), e.value_offset);
+        }
+    }
+    Ok((used, positions))
+}
+
+/// Renames a corrupt file to `{name}.corrupt-{stamp}` (a name no collector reads; the stamp is
+/// nanoseconds since the epoch), with `-1`, `-2`, ... appended if that name is taken; returns
+/// the new path.
+fn set_aside(path: &Path, stamp: u128) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0u32.. {
+        let suffix = if n == 0 {
+            String::new()
+        } else {
+            format!("-{n}")
+        };
+        let aside = path.with_file_name(format!("{name}.corrupt-{stamp}{suffix}"));
+        if !aside.exists() {
+            std::fs::rename(path, &aside)?;
+            return Ok(aside);
+        }
+    }
+    Err(io::Error::other(
+        "no free name to set the corrupt file aside",
+    ))
+}
+
 /// Creates and maps a new file. When it cannot be allocated (a full disk), no empty file is
 /// left behind: a 0-byte `.db` file fails Python's whole scrape.
 fn open_new(path: &Path) -> io::Result<MappedFile> {
@@ -208,57 +253,37 @@ impl FileWriter {
             path: path.clone(),
             source,
         };
-        // The length on disk before mapping grows the file: a file cut short (`used` past its
-        // end) must be seen as such, not read with the zeros that growing it adds.
-        let on_disk = std::fs::metadata(&path).map(|m| m.len() as usize);
-        let map = if on_disk.is_ok() {
-            MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?
-        } else {
-            open_new(&path).map_err(err)?
+        // The file as it is on disk, checked before mapping it grows it: a file cut short
+        // (`used` past its end) must be seen as such, not read with the zeros that growing it
+        // adds, and a corrupt one is kept byte for byte.
+        let existing = match std::fs::read(&path) {
+            Ok(bytes) => Some(check_existing(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(err(e)),
         };
-        let on_disk = on_disk.unwrap_or(0);
-        let snapshot = map.snapshot();
-        let checked = match on_disk {
-            0 => &snapshot[..],
-            n => &snapshot[..n.min(snapshot.len())],
-        };
-        let existing = layout::entries(checked)
-            .map_err(|e| e.to_string())
-            .and_then(|entries| {
-                let used = entries.used();
-                let mut positions = HashMap::new();
-                for e in entries {
-                    let e = e.map_err(|e| e.to_string())?;
-                    // A key no collector can read would make it leave out the whole file.
-                    decode_key(e.key).map_err(|k| format!("at offset {}: {k}", e.offset))?;
-                    if let Ok(key) = std::str::from_utf8(e.key) {
-                        positions.insert(key.to_owned(), e.value_offset);
-                    }
-                }
-                Ok((used, positions))
-            });
-        let (used, positions, map) = match existing {
-            Ok((used, positions)) => (used, positions, map),
-            Err(e) => {
+        let (used, positions) = match existing {
+            Some(Ok(checked)) => checked,
+            Some(Err(e)) => {
                 // A file of this pid left corrupt by an earlier process: keep it for
                 // inspection under a name the collectors ignore, and start afresh.
-                let aside = path.with_extension(format!(
-                    "db.corrupt-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)
-                ));
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                let aside = set_aside(&path, stamp).map_err(err)?;
                 log::warn!(
                     "{} is corrupt ({e}); moved to {} and starting a new file",
                     path.display(),
                     aside.display()
                 );
-                drop(map);
-                std::fs::rename(&path, &aside).map_err(err)?;
-                let map = open_new(&path).map_err(err)?;
-                (layout::HEADER_LEN, HashMap::new(), map)
+                (layout::HEADER_LEN, HashMap::new())
             }
+            None => (layout::HEADER_LEN, HashMap::new()),
+        };
+        let map = if path.exists() {
+            MappedFile::open(&path, layout::INITIAL_FILE_SIZE).map_err(err)?
+        } else {
+            open_new(&path).map_err(err)?
         };
         // A fresh file says 0; Python writes 8 when it opens one.
         map.publish_used(used as i32);
@@ -300,5 +325,34 @@ impl FileWriter {
         let value_offset = end - 16;
         a.positions.insert(key.to_owned(), value_offset);
         Ok((self.map.slot(value_offset).map_err(err)?, true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_aside;
+
+    #[test]
+    fn corrupt_files_set_aside_at_the_same_instant_keep_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counter_7.db");
+        for (i, want) in [
+            "counter_7.db.corrupt-42",
+            "counter_7.db.corrupt-42-1",
+            "counter_7.db.corrupt-42-2",
+        ]
+        .iter()
+        .enumerate()
+        {
+            std::fs::write(&path, [i as u8]).unwrap();
+            let aside = set_aside(&path, 42).unwrap();
+            assert_eq!(aside, dir.path().join(want));
+            assert_eq!(
+                std::fs::read(&aside).unwrap(),
+                [i as u8],
+                "{want} holds its own file"
+            );
+            assert!(!path.exists());
+        }
     }
 }
