@@ -124,7 +124,7 @@ fn build_ident(
     }
     let row = Row {
         arena: arena_id,
-        start: start as u32,
+        start,
         len: (arena.len() - start) as u32,
         labels_end: labels_end as u32,
         member: 0,
@@ -244,14 +244,14 @@ impl FamilyAcc<'_> {
 }
 
 /// One row of a family being finished: a series or a histogram bucket, with the bytes that
-/// order it: [`sort_key`] of its labels (for a bucket, all but `le`), then `00` and the bound
-/// (see [`bound_bytes`]) for a bucket, or `01` and the sample name; so a histogram's buckets
+/// order it: [`sort_key_into`] of its labels (for a bucket, all but `le`), then `00` and the bound
+/// (see [`push_bound`]) for a bucket, or `01` and the sample name; so a histogram's buckets
 /// come first among the samples of its labels, in order of their bounds.
 #[derive(Clone, Copy, Default)]
 struct Row {
     /// Where the identity is: which arena (see [`Arenas`]), from where, how long.
     arena: u32,
-    start: u32,
+    start: usize,
     len: u32,
     /// Where its labels' part ends.
     labels_end: u32,
@@ -282,7 +282,7 @@ impl<'x> Arenas<'x> {
 
 impl Row {
     fn ident<'i>(&self, arenas: Arenas<'i>) -> &'i str {
-        let start = self.start as usize;
+        let start = self.start;
         arenas
             .get(self.arena)
             .get(start..start + self.len as usize)
@@ -424,8 +424,8 @@ impl Stages {
     }
 }
 
-/// A merged directory: what [`Collector::collect`] turns into owned families and
-/// [`Collector::encode_into`] writes directly.
+/// A merged directory: what [`super::Collector::collect`] turns into owned families and
+/// [`super::Collector::encode_into`] writes directly.
 pub(super) struct Merged {
     /// The identities of the keys' series (see [`Arenas`]).
     arenas: Vec<String>,
@@ -718,7 +718,7 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Str
     (key, labels_end)
 }
 
-/// Appends [`sort_key`]`(labels, name)` to `key`; returns where the labels' part ends, and
+/// Appends [`sort_key_into`]`(labels, name)` to `key`; returns where the labels' part ends, and
 /// whether a string had a 0 byte.
 fn sort_key_into<'l>(
     key: &mut String,
