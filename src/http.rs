@@ -16,7 +16,7 @@
 //!   [`ServerConfig`] for its limits: concurrent scrapes (excess ones get a fast `503`),
 //!   connections, header size (`431`), header read and request timeouts, and optional basic
 //!   auth and TLS (feature `tls`, rustls).
-//! - With feature `axum`, [`axum_router`] and [`axum_route`] mount `/metrics` in an axum
+//! - With feature `axum`, `axum_router` and `axum_route` mount `/metrics` in an axum
 //!   application in one line.
 //!
 //! Every failure is logged (with the `log` crate) on one line naming the peer: malformed
@@ -1569,7 +1569,7 @@ where
     })
 }
 
-/// A router answering the metrics of `collector` on `/metrics` (see [`axum_route`]); merge it
+/// A router answering the metrics of `collector` on `/metrics` (see `axum_route`); merge it
 /// into an application in one line (feature `axum`):
 ///
 /// ```

@@ -2,8 +2,8 @@
 //! (`counter_{pid}.db`, `gauge_livesum_{pid}.db`, ...), holding one entry per series.
 //!
 //! A series is created by appending its entry under the file's lock, then publishing the new
-//! `used`; from then on its value is a [`Slot`] updated lock-free. After a fork the child gets
-//! its own set of files under its own pid (see [`crate::os::GenCell`]).
+//! `used`; from then on its value is a slot updated lock-free. After a fork the child gets
+//! its own set of files under its own pid (see `GenCell` in the `os` module).
 
 use std::collections::HashMap;
 use std::fmt;

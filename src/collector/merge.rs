@@ -703,10 +703,7 @@ fn finish(
     out
 }
 
-/// Text that sorts as `(labels, name)` compare: each string with its 0 bytes escaped as
-/// `00 02` and ended by `00 01`, the labels ended by `00 00`. Comparing these with one `memcmp`
-/// is much cheaper than comparing the label vectors pair by pair. Also returns where the
-/// labels' part ends (after its `00 00`): those bytes compare as the labels alone do.
+/// [`sort_key_into`] into a new string.
 #[cfg(test)]
 fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (String, usize) {
     let mut key = String::new();
@@ -718,7 +715,10 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Str
     (key, labels_end)
 }
 
-/// Appends [`sort_key_into`]`(labels, name)` to `key`; returns where the labels' part ends, and
+/// Appends to `key` text that sorts as `(labels, name)` compare: each string with its 0 bytes
+/// escaped as `00 02` and ended by `00 01`, the labels ended by `00 00`. Comparing these with
+/// one `memcmp` is much cheaper than comparing the label vectors pair by pair. Returns where the
+/// labels' part ends (after its `00 00`; those bytes compare as the labels alone do), and
 /// whether a string had a 0 byte.
 fn sort_key_into<'l>(
     key: &mut String,
