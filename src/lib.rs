@@ -9,7 +9,7 @@
 //! - [`collector`]: reads and merges a directory into metric families, serving the healthy
 //!   files when some are bad and reporting the bad ones;
 //! - [`exposition`]: writes families in the Prometheus text format 0.0.4 or OpenMetrics 1.0.0;
-//! - [`format`](crate::format): the on-disk format itself (the `prometheus-multiproc-format` crate).
+//! - [`format`](mod@crate::format): the on-disk format itself (the `prometheus-multiproc-format` crate).
 //!
 //! ```
 //! use prometheus_multiproc::collector::Collector;
