@@ -350,6 +350,37 @@ fn collector_adds_them_in_name_order() {
     let cpu = &scrape.families[1];
     assert_eq!(cpu.kind, MetricType::Counter);
 
+    // The endpoint's path, written straight from the keys, puts them in the same places.
+    let mut direct = String::new();
+    Collector::new(dir.path())
+        .process_metrics(true)
+        .encode_into(Format::Text, &mut direct)
+        .unwrap();
+    let typed: Vec<&str> = direct
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        typed,
+        [
+            "aaa_total",
+            "process_cpu_seconds_total",
+            "process_max_fds",
+            "process_open_fds",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_virtual_memory_bytes",
+            "prometheus_multiproc_bad_files",
+            "zzz_total",
+        ],
+        "{direct}"
+    );
+    assert!(
+        direct.contains("# HELP process_open_fds From the workers.\n# TYPE process_open_fds gauge\nprocess_open_fds 12345.0\n"),
+        "{direct}"
+    );
+
     // The exposition is what Python's parser reads back.
     let text = encode(&scrape.families, Format::Text);
     assert!(
