@@ -10,13 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+
 use std::sync::atomic::Ordering;
 use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use prometheus_multiproc::collector::{Collector, MetricFamily, Scrape};
+use prometheus_multiproc::collector::{MetricFamily, Scrape};
 use prometheus_multiproc::{GaugeMode, Registry};
 
 // ------------------------------------------------------------------ forked children
@@ -25,38 +25,12 @@ use prometheus_multiproc::{GaugeMode, Registry};
 mod forked;
 use forked::*;
 
+mod support;
+use support::{clean_scrape, value_in as value};
+
 const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ scrapes
-
-/// A scrape of the directory, which must have no bad file.
-fn clean_scrape(dir: &Path) -> Scrape {
-    let scrape = Collector::new(dir).self_metrics(false).collect().unwrap();
-    assert!(
-        scrape.bad_files.is_empty(),
-        "bad files: {:?}",
-        scrape.bad_files
-    );
-    scrape
-}
-
-/// The value of the sample `name` with exactly these labels.
-fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    families
-        .iter()
-        .flat_map(|f| &f.samples)
-        .find(|s| {
-            let mut got = s.labels.clone();
-            got.sort();
-            s.name == name && got == want
-        })
-        .map(|s| s.value)
-}
 
 /// The value of every sample `name`, by the value of its label `label` (other labels must
 /// match `with`).

@@ -24,6 +24,9 @@ use prometheus_multiproc::{GaugeMode, Registry};
 mod forked;
 use forked::*;
 
+mod support;
+use support::value_in as value;
+
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ files and scrapes
@@ -71,24 +74,6 @@ fn scrape(dir: &Path) -> Vec<MetricFamily> {
     let scrape = Collector::new(dir).self_metrics(false).collect().unwrap();
     assert!(scrape.bad_files.is_empty(), "{:?}", scrape.bad_files);
     scrape.families
-}
-
-/// The value of the sample `name` with exactly these labels.
-fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    families
-        .iter()
-        .flat_map(|f| &f.samples)
-        .find(|s| {
-            let mut got = s.labels.clone();
-            got.sort();
-            s.name == name && got == want
-        })
-        .map(|s| s.value)
 }
 
 // ------------------------------------------------------------------ the metrics used

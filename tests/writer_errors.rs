@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use prometheus_multiproc::collector::{Collector, MetricFamily, Scrape};
 use prometheus_multiproc::format::key::encode_key;
 use prometheus_multiproc::format::layout::{self, write_file};
 use prometheus_multiproc::metrics::{exponential_buckets, linear_buckets};
@@ -28,38 +27,12 @@ use prometheus_multiproc::{GaugeMode, MetricError, Registry};
 mod forked;
 use forked::*;
 
+mod support;
+use support::{clean_scrape, value_in as value};
+
 const CHILD_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ helpers
-
-/// A scrape of the directory, which must have no bad file.
-fn clean_scrape(dir: &Path) -> Scrape {
-    let scrape = Collector::new(dir).self_metrics(false).collect().unwrap();
-    assert!(
-        scrape.bad_files.is_empty(),
-        "bad files: {:?}",
-        scrape.bad_files
-    );
-    scrape
-}
-
-/// The value of the sample `name` with exactly these labels.
-fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<(String, String)> = labels
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    want.sort();
-    families
-        .iter()
-        .flat_map(|f| &f.samples)
-        .find(|s| {
-            let mut got = s.labels.clone();
-            got.sort();
-            s.name == name && got == want
-        })
-        .map(|s| s.value)
-}
 
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)

@@ -351,6 +351,17 @@ pub fn assert_gauge_matches_bad_files(scrape: &Scrape) {
     }
 }
 
+/// A scrape of `dir` without this crate's own families, which must have no bad file.
+pub fn clean_scrape(dir: &Path) -> Scrape {
+    let scrape = Collector::new(dir).self_metrics(false).collect().unwrap();
+    assert!(
+        scrape.bad_files.is_empty(),
+        "bad files: {:?}",
+        scrape.bad_files
+    );
+    scrape
+}
+
 /// Checks the scrape lists no bad file and the gauge is zero for every reason.
 pub fn assert_no_bad_files(scrape: &Scrape) {
     assert!(
