@@ -21,7 +21,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -288,7 +288,11 @@ unsafe impl<T: Send + Sync> Sync for GenCell<T> {}
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static PID: AtomicU32 = AtomicU32::new(0);
-static ATFORK: Once = Once::new();
+/// Whether the fork handler is installed: `INSTALLED`, or `INSTALLING` with the installing
+/// process's id in the high 32 bits, or 0.
+static ATFORK: AtomicU64 = AtomicU64::new(0);
+const INSTALLING: u64 = 1;
+const INSTALLED: u64 = 2;
 
 extern "C" fn after_fork_in_child() {
     // Async-signal-safe: atomics and getpid only.
@@ -298,18 +302,57 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// Installs the fork handler (once per process) and returns the current generation.
+#[inline]
 pub(crate) fn init_fork_detection() -> u64 {
-    ATFORK.call_once(|| {
+    if ATFORK.load(Ordering::Acquire) != INSTALLED {
+        install_fork_handler();
+    }
+    generation()
+}
+
+/// Installs the handler, or waits for the thread installing it. Not a `std::sync::Once`: a
+/// process forked while another of its threads was inside `call_once` would wait forever in the
+/// child, where that thread does not exist. Here the child sees that the installer was another
+/// process, and installs the handler itself (a handler registered twice only counts forks twice).
+#[cold]
+fn install_fork_handler() {
+    install_once(&ATFORK, std::process::id(), || {
         PID.store(std::process::id(), Ordering::Relaxed);
         // SAFETY: registers a handler that only touches atomics and calls getpid.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
         if rc != 0 {
             log::error!(
-                "pthread_atfork failed ({rc}): forked children may write into their parent's files"
+                "pthread_atfork failed ({rc}): forked children may write into their parent's \
+                 files"
             );
         }
     });
-    generation()
+}
+
+/// Runs `install` once per process `me` (see [`install_fork_handler`]): unless `state` says it
+/// is done; waiting while another thread of this process runs it; taking over from a thread of
+/// another process (the parent this one was forked from).
+fn install_once(state: &AtomicU64, me: u32, install: impl FnOnce()) {
+    let me = u64::from(me);
+    let mut seen = 0;
+    loop {
+        match state.compare_exchange(
+            seen,
+            me << 32 | INSTALLING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break,
+            Err(INSTALLED) => return,
+            Err(other) if other >> 32 != me => seen = other,
+            Err(_) => {
+                std::thread::yield_now();
+                seen = 0;
+            }
+        }
+    }
+    install();
+    state.store(INSTALLED, Ordering::Release);
 }
 
 /// How many forks this process descends from since the handler was installed.
@@ -468,3 +511,45 @@ impl<T> Drop for AppendList<T> {
 unsafe impl<T: Send> Send for AppendList<T> {}
 // SAFETY: entries are published with release/acquire ordering and never mutated.
 unsafe impl<T: Send + Sync> Sync for AppendList<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn install_once_runs_once_and_takes_over_from_a_parent_process() {
+        let runs = AtomicUsize::new(0);
+        let run = || {
+            runs.fetch_add(1, Ordering::SeqCst);
+        };
+        // Fresh: installs; then never again.
+        let state = AtomicU64::new(0);
+        install_once(&state, 10, run);
+        install_once(&state, 10, run);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(state.load(Ordering::SeqCst), INSTALLED);
+
+        // Left half-done by process 9 (forked from while one of its threads installed): process
+        // 10 installs instead of waiting forever.
+        let state = AtomicU64::new(9 << 32 | INSTALLING);
+        install_once(&state, 10, run);
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(state.load(Ordering::SeqCst), INSTALLED);
+    }
+
+    #[test]
+    fn install_once_waits_for_another_thread_of_the_same_process() {
+        let state = AtomicU64::new(10 << 32 | INSTALLING);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                state.store(INSTALLED, Ordering::Release);
+            });
+            let mut ran = false;
+            install_once(&state, 10, || ran = true);
+            assert!(!ran, "installed twice in one process");
+            assert_eq!(state.load(Ordering::SeqCst), INSTALLED);
+        });
+    }
+}
