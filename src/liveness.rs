@@ -20,11 +20,11 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 
-use crate::os::{self, GenCell};
+use crate::os::{self, AppendList, GenCell};
 
 /// The lock file of process `id` in `dir`.
 pub fn lock_path(dir: &Path, id: &str) -> PathBuf {
@@ -33,8 +33,10 @@ pub fn lock_path(dir: &Path, id: &str) -> PathBuf {
 
 /// Lock files this process holds, per fork generation (a child holds none of its parent's).
 fn claims() -> &'static GenCell<Mutex<HashMap<PathBuf, File>>> {
-    static CLAIMS: OnceLock<GenCell<Mutex<HashMap<PathBuf, File>>>> = OnceLock::new();
-    CLAIMS.get_or_init(|| GenCell::new(Mutex::new(HashMap::new())))
+    // An append-only list rather than a `OnceLock`: a process forked while another of its
+    // threads was initializing a `OnceLock` would wait for that thread forever.
+    static CLAIMS: AppendList<GenCell<Mutex<HashMap<PathBuf, File>>>> = AppendList::new();
+    CLAIMS.find_or_push(|_| true, || GenCell::new(Mutex::new(HashMap::new())))
 }
 
 fn claimed() -> std::sync::MutexGuard<'static, HashMap<PathBuf, File>> {
