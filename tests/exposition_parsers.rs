@@ -20,22 +20,6 @@ use prometheus_multiproc::exposition::{encode, Format};
 use prometheus_multiproc::format::layout::write_file;
 use serde_json::{json, Value};
 
-/// Our own families, left out of every comparison with Python.
-const OURS_ONLY: &str = "prometheus_multiproc_";
-
-const GAUGE_MODES: [&str; 10] = [
-    "all",
-    "liveall",
-    "min",
-    "livemin",
-    "max",
-    "livemax",
-    "sum",
-    "livesum",
-    "mostrecent",
-    "livemostrecent",
-];
-
 /// Label values that need escaping or are not ASCII.
 const LABEL_VALUES: [&str; 12] = [
     "",
@@ -81,7 +65,7 @@ fn rich_scenario() -> Value {
         json!({"type": "gauge", "name": "ns:colon_gauge", "help": "", "mode": "max"}),
     ];
     let first_gauge = metrics.len();
-    for mode in GAUGE_MODES {
+    for mode in common::GAUGE_MODES {
         metrics.push(json!({"type": "gauge", "name": format!("gauge_{mode}"),
                             "help": format!("Gauge, {mode} mode."), "labels": ["worker"], "mode": mode}));
     }
@@ -115,7 +99,7 @@ fn rich_scenario() -> Value {
             ops.push(op(6, &["inf"], "set", f64::INFINITY));
             ops.push(op(6, &["-inf"], "set", f64::NEG_INFINITY));
             ops.push(op(7, &[], "set", k * 2.5 - 1.0));
-            for (m, mode) in GAUGE_MODES.iter().enumerate() {
+            for (m, mode) in common::GAUGE_MODES.iter().enumerate() {
                 let g = first_gauge + m;
                 ops.push(op(g, &["shared"], "set", k * 3.0 - 2.0));
                 if !mode.contains("mostrecent") {
@@ -214,7 +198,7 @@ fn check_parsed(parsed: &[PyFamily], theirs: &[PyFamily], exposition: &str, bad:
         .sum();
     assert_eq!(counted, bad as f64, "bad files counted in:\n{exposition}");
     let result =
-        std::panic::catch_unwind(|| common::assert_same_samples(parsed, theirs, OURS_ONLY));
+        std::panic::catch_unwind(|| common::assert_same_samples(parsed, theirs, common::OURS_ONLY));
     if result.is_err() {
         panic!("the parse of our exposition differs from Python's scrape (see above); ours:\n{exposition}");
     }

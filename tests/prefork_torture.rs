@@ -584,24 +584,7 @@ fn ours_as_python(dir: &Path, killed: &[u32]) -> (Vec<PyFamily>, bool) {
             "bad file: {bad}"
         );
     }
-    let families = scrape
-        .families
-        .iter()
-        .map(|f| PyFamily {
-            name: f.name.clone(),
-            typ: f.kind.as_str().to_owned(),
-            help: f.help.clone(),
-            samples: f
-                .samples
-                .iter()
-                .map(|s| PySample {
-                    name: s.name.clone(),
-                    labels: s.labels.iter().cloned().collect(),
-                    value: s.value,
-                })
-                .collect(),
-        })
-        .collect();
+    let families = common::py_families(&scrape.families);
     if !scrape.bad_files.is_empty() {
         eprintln!(
             "a worker was killed while creating a file; Python cannot read {:?}",

@@ -27,49 +27,12 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{PyFamily, PySample, Rng, HELPS};
+use common::{PyFamily, Rng, HELPS};
 use prometheus_multiproc::collector::{Collector, MetricFamily};
 use prometheus_multiproc::exposition::{encode, Format};
 use serde_json::{json, Value};
 
-/// Our own families, left out of every comparison.
-const OURS_ONLY: &str = "prometheus_multiproc_";
-
-const GAUGE_MODES: [&str; 10] = [
-    "all",
-    "liveall",
-    "min",
-    "livemin",
-    "max",
-    "livemax",
-    "sum",
-    "livesum",
-    "mostrecent",
-    "livemostrecent",
-];
-
 // ---------------------------------------------------------------- helpers
-
-/// Our families in the shape `collect.py` prints, for a direct comparison.
-fn as_py_families(families: &[MetricFamily]) -> Vec<PyFamily> {
-    families
-        .iter()
-        .map(|f| PyFamily {
-            name: f.name.clone(),
-            typ: f.kind.as_str().to_owned(),
-            help: f.help.clone(),
-            samples: f
-                .samples
-                .iter()
-                .map(|s| PySample {
-                    name: s.name.clone(),
-                    labels: s.labels.iter().cloned().collect(),
-                    value: s.value,
-                })
-                .collect(),
-        })
-        .collect()
-}
 
 /// Runs `f`; if it panics, panics again with `context()` in front of its message.
 fn with_context<T>(context: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
@@ -204,11 +167,11 @@ fn compare(
         || {
             format!("{}\nour text exposition, parsed by Python, differs from Python's scrape; our text:\n{text}", what())
         },
-        || common::assert_same_samples(parsed, theirs, OURS_ONLY),
+        || common::assert_same_samples(parsed, theirs, common::OURS_ONLY),
     );
     with_context(
         || format!("{}\nour families differ from Python's scrape", what()),
-        || common::assert_same_samples(&as_py_families(families), theirs, OURS_ONLY),
+        || common::assert_same_samples(&common::py_families(families), theirs, common::OURS_ONLY),
     );
 }
 
@@ -301,7 +264,7 @@ fn keys_of_one_series_spelled_differently_merge_like_python() {
 fn all_ten_gauge_modes_merge_like_python() {
     let Some(py) = common::python() else { return };
     // One labelled gauge per mode; four processes, the second and fourth marked dead.
-    let metrics: Vec<Value> = GAUGE_MODES
+    let metrics: Vec<Value> = common::GAUGE_MODES
         .iter()
         .map(|mode| {
             json!({"type": "gauge", "name": format!("g_{mode}"), "help": format!("Gauge in {mode} mode."),
@@ -316,7 +279,7 @@ fn all_ten_gauge_modes_merge_like_python() {
         .map(|(p, &(v, dead))| {
             let own = format!("p{p}");
             let mut ops = Vec::new();
-            for (m, mode) in GAUGE_MODES.iter().enumerate() {
+            for (m, mode) in common::GAUGE_MODES.iter().enumerate() {
                 ops.push(op(m, &["shared"], "set", v));
                 if mode.contains("mostrecent") {
                     ops.push(op(m, &[&own], "set", v * 2.0));
@@ -332,7 +295,7 @@ fn all_ten_gauge_modes_merge_like_python() {
 
     let live = |i: usize| !per_process[i].1;
     // Live modes dropped the dead processes' files; the others kept them.
-    for mode in GAUGE_MODES {
+    for mode in common::GAUGE_MODES {
         let files = checked
             .file_names()
             .into_iter()
@@ -363,7 +326,7 @@ fn unlabelled_gauges_of_every_mode_including_never_set_mostrecent() {
     let Some(py) = common::python() else { return };
     // Unlabelled gauges write their 0 as soon as they are created, in every process; a
     // mostrecent gauge never set has timestamp 0 and so no sample at all.
-    let mut metrics: Vec<Value> = GAUGE_MODES
+    let mut metrics: Vec<Value> = common::GAUGE_MODES
         .iter()
         .map(|mode| json!({"type": "gauge", "name": format!("u_{mode}"), "help": "", "mode": mode}))
         .collect();
@@ -375,7 +338,7 @@ fn unlabelled_gauges_of_every_mode_including_never_set_mostrecent() {
             let ops: Vec<Value> = if p == 1 {
                 Vec::new() // this process only creates the gauges
             } else {
-                GAUGE_MODES
+                common::GAUGE_MODES
                     .iter()
                     .enumerate()
                     .map(|(m, _)| op(m, &[], "set", f64::from(p) * 3.0 + 1.0))
@@ -767,7 +730,7 @@ fn escaping_of_label_values_and_help_texts() {
             let typ = ["counter", "gauge", "histogram", "summary"][i % 4];
             let mut m = json!({"type": typ, "name": format!("esc_{typ}_{i}"), "help": help, "labels": ["v", "w"]});
             if typ == "gauge" {
-                m["mode"] = json!(GAUGE_MODES[i % GAUGE_MODES.len()]);
+                m["mode"] = json!(common::GAUGE_MODES[i % common::GAUGE_MODES.len()]);
             }
             m
         })
@@ -850,11 +813,15 @@ fn utf8_metric_and_label_names_are_written_like_python() {
                 String::from_utf8_lossy(&theirs_text)
             )
         },
-        || common::assert_same_samples(&ours, &theirs, OURS_ONLY),
+        || common::assert_same_samples(&ours, &theirs, common::OURS_ONLY),
     );
     // The collector itself keeps the names as stored.
-    let direct = as_py_families(&families);
-    common::assert_same_samples(&direct, &common::python_collect(&py, dir.path()), OURS_ONLY);
+    let direct = common::py_families(&families);
+    common::assert_same_samples(
+        &direct,
+        &common::python_collect(&py, dir.path()),
+        common::OURS_ONLY,
+    );
     assert!(direct.iter().any(|f| f.name == "größe.bytes"));
 }
 
@@ -1176,7 +1143,7 @@ fn random_scenario(rng: &mut Rng) -> Value {
         if typ == "gauge" {
             spec.mode = match twin_of {
                 Some(t) => specs[t].mode,
-                None => *rng.pick(&GAUGE_MODES),
+                None => *rng.pick(&common::GAUGE_MODES),
             };
             m["mode"] = json!(spec.mode);
         }

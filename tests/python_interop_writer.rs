@@ -37,25 +37,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{PyFamily, PySample, Rng, HELPS};
-use prometheus_multiproc::collector::{Collector, MetricFamily};
+use common::{PyFamily, Rng, HELPS};
+use prometheus_multiproc::collector::Collector;
 use prometheus_multiproc::format::filename::FileName;
 use prometheus_multiproc::format::layout;
 use rust_scenario::{run_rust_scenario, run_rust_scenario_with, Setup, Workers};
 use serde_json::{json, Value};
-
-const GAUGE_MODES: [&str; 10] = [
-    "all",
-    "liveall",
-    "min",
-    "livemin",
-    "max",
-    "livemax",
-    "sum",
-    "livesum",
-    "mostrecent",
-    "livemostrecent",
-];
 
 /// Label values and help texts that need escaping, or are not ASCII.
 const NASTY: [&str; 14] = [
@@ -322,27 +309,6 @@ fn python_workers(py: &Path, request: &Value) -> (u32, Vec<u32>) {
 
 // ---------------------------------------------------------------- scrapes and comparisons
 
-/// Our families in the shape `collect.py` prints.
-fn as_py_families(families: &[MetricFamily]) -> Vec<PyFamily> {
-    families
-        .iter()
-        .map(|f| PyFamily {
-            name: f.name.clone(),
-            typ: f.kind.as_str().to_owned(),
-            help: f.help.clone(),
-            samples: f
-                .samples
-                .iter()
-                .map(|s| PySample {
-                    name: s.name.clone(),
-                    labels: s.labels.iter().cloned().collect(),
-                    value: s.value,
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// Our scrape of `dir`; no file may be reported bad.
 fn scrape_ours(dir: &Path) -> Vec<PyFamily> {
     let scrape = Collector::new(dir)
@@ -355,7 +321,7 @@ fn scrape_ours(dir: &Path) -> Vec<PyFamily> {
         dir.display(),
         scrape.bad_files
     );
-    as_py_families(&scrape.families)
+    common::py_families(&scrape.families)
 }
 
 /// Runs `f`; if it panics, panics again with `context()` in front of its message.
@@ -582,12 +548,12 @@ fn every_type_and_mode() -> Value {
         json!({"type": "summary", "name": "plain_summary", "help": "Unlabelled."}),
     ];
     let first_gauge = metrics.len();
-    for mode in GAUGE_MODES {
+    for mode in common::GAUGE_MODES {
         metrics.push(json!({"type": "gauge", "name": format!("g_{mode}"),
             "help": format!("Gauge in {mode} mode."), "labels": ["worker"], "mode": mode}));
     }
     let first_unlabelled = metrics.len();
-    for mode in GAUGE_MODES {
+    for mode in common::GAUGE_MODES {
         metrics
             .push(json!({"type": "gauge", "name": format!("u_{mode}"), "help": "", "mode": mode}));
     }
@@ -613,7 +579,7 @@ fn every_type_and_mode() -> Value {
                 op(4, &[&own], "observe", 0.5),
                 op(5, &[], "observe", v),
             ];
-            for (i, mode) in GAUGE_MODES.iter().enumerate() {
+            for (i, mode) in common::GAUGE_MODES.iter().enumerate() {
                 let m = first_gauge + i;
                 ops.push(op(m, &["shared"], "set", v));
                 if mode.contains("mostrecent") {
@@ -692,7 +658,7 @@ fn rust_and_python_workers_give_the_same_scrape_for_every_type_and_gauge_mode() 
         assert_eq!(value(&theirs, "plain_summary_sum", &[]), 53.75);
         // The live modes dropped the dead processes' files, in both directories alike.
         for dir in [pair.rust_dir.path(), pair.python_dir.path()] {
-            for mode in GAUGE_MODES {
+            for mode in common::GAUGE_MODES {
                 let files = std::fs::read_dir(dir)
                     .expect("list dir")
                     .filter(|e| {
@@ -1380,7 +1346,7 @@ fn gauge_files_of_every_mode_are_byte_identical_to_pythons() {
     let Some(py) = common::python() else { return };
     let mut metrics = Vec::new();
     let mut ops = Vec::new();
-    for (i, mode) in GAUGE_MODES.iter().enumerate() {
+    for (i, mode) in common::GAUGE_MODES.iter().enumerate() {
         metrics.push(json!({"type": "gauge", "name": format!("g_{mode}"), "help": format!("Mode {mode}."), "labels": ["k"], "mode": mode}));
         metrics.push(
             json!({"type": "gauge", "name": format!("u_{mode}"), "help": NASTY[10], "mode": mode}),
@@ -1409,7 +1375,10 @@ fn gauge_files_of_every_mode_are_byte_identical_to_pythons() {
     let kinds: BTreeSet<String> = assert_same_files(&py, &one_process(json!(metrics), ops))
         .into_keys()
         .collect();
-    let want: BTreeSet<String> = GAUGE_MODES.iter().map(|m| format!("gauge_{m}")).collect();
+    let want: BTreeSet<String> = common::GAUGE_MODES
+        .iter()
+        .map(|m| format!("gauge_{m}"))
+        .collect();
     assert_eq!(kinds, want);
     assert!(kinds.contains("gauge_all") && kinds.contains("gauge_livesum"));
 }
@@ -1877,7 +1846,7 @@ fn random_scenario(rng: &mut Rng) -> Value {
             bounds: Vec::new(),
         };
         if typ == "gauge" {
-            spec.mode = *rng.pick(&GAUGE_MODES);
+            spec.mode = *rng.pick(&common::GAUGE_MODES);
             m["mode"] = json!(spec.mode);
         }
         if typ == "histogram" {

@@ -373,6 +373,44 @@ pub struct PyFamily {
     pub samples: Vec<PySample>,
 }
 
+/// Our families in the shape `collect.py` prints, for a direct comparison with Python's.
+pub fn py_families(families: &[prometheus_multiproc::collector::MetricFamily]) -> Vec<PyFamily> {
+    families
+        .iter()
+        .map(|f| PyFamily {
+            name: f.name.clone(),
+            typ: f.kind.as_str().to_owned(),
+            help: f.help.clone(),
+            samples: f
+                .samples
+                .iter()
+                .map(|s| PySample {
+                    name: s.name.clone(),
+                    labels: s.labels.iter().cloned().collect(),
+                    value: s.value,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Our own families' name prefix, left out of every comparison with Python.
+pub const OURS_ONLY: &str = "prometheus_multiproc_";
+
+/// Python's ten gauge modes, as its `multiprocess_mode` argument names them.
+pub const GAUGE_MODES: [&str; 10] = [
+    "all",
+    "liveall",
+    "min",
+    "livemin",
+    "max",
+    "livemax",
+    "sum",
+    "livesum",
+    "mostrecent",
+    "livemostrecent",
+];
+
 /// Decodes the JSON printed by `collect.py` and `parse.py`.
 pub fn parse_families_json(json: &[u8]) -> Vec<PyFamily> {
     let root: serde_json::Value = serde_json::from_slice(json).unwrap_or_else(|e| {
