@@ -454,6 +454,32 @@ impl Merged {
             })
             .collect()
     }
+
+    /// The families with owned samples.
+    pub(super) fn to_families(&self) -> Vec<MetricFamily> {
+        self.views()
+            .iter()
+            .map(|family| MetricFamily {
+                name: family.family.name.clone(),
+                help: family.family.help.clone(),
+                kind: family.family.kind,
+                samples: (0..family.len())
+                    .into_par_iter()
+                    .map_init(Vec::new, |labels, i| {
+                        let (name, value) = family.sample(i, labels);
+                        Sample {
+                            name: name.to_owned(),
+                            labels: labels
+                                .iter()
+                                .map(|(n, v)| (n.to_string(), v.to_string()))
+                                .collect(),
+                            value,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 impl FamilyView for MergedView<'_> {
@@ -496,34 +522,6 @@ impl FamilyView for MergedView<'_> {
             SampleName::Count => fam.count_name.as_str(),
         };
         (name, s.value)
-    }
-}
-
-impl Merged {
-    /// The families with owned samples.
-    pub(super) fn to_families(&self) -> Vec<MetricFamily> {
-        self.views()
-            .iter()
-            .map(|family| MetricFamily {
-                name: family.family.name.clone(),
-                help: family.family.help.clone(),
-                kind: family.family.kind,
-                samples: (0..family.len())
-                    .into_par_iter()
-                    .map_init(Vec::new, |labels, i| {
-                        let (name, value) = family.sample(i, labels);
-                        Sample {
-                            name: name.to_owned(),
-                            labels: labels
-                                .iter()
-                                .map(|(n, v)| (n.to_string(), v.to_string()))
-                                .collect(),
-                            value,
-                        }
-                    })
-                    .collect(),
-            })
-            .collect()
     }
 }
 
