@@ -81,6 +81,31 @@ impl<'k> Decoded<'k> {
     }
 }
 
+/// The labels of the series of `key` in a family of type `kind`, sorted: a bucket's (`bucket`)
+/// but `le`; a gauge's never keep a `pid` of the key, and `all` and `liveall` add the file's
+/// (`pid`).
+fn series_labels<'a>(
+    key: &'a KeyRef,
+    kind: MetricType,
+    bucket: bool,
+    pid: Option<&'a str>,
+) -> impl Iterator<Item = (&'a str, &'a str)> + Clone {
+    let skip = match bucket {
+        true => Some("le"),
+        false if kind == MetricType::Gauge => Some("pid"),
+        false => None,
+    };
+    let kept = key
+        .labels
+        .iter()
+        .map(|(n, v)| (n.as_ref(), v.as_ref()))
+        .filter(move |(n, _)| Some(*n) != skip);
+    kept.clone()
+        .take_while(|(n, _)| *n < "pid")
+        .chain(pid.map(|p| ("pid", p)))
+        .chain(kept.skip_while(|(n, _)| *n < "pid"))
+}
+
 /// Appends to `arena` the identity of the series of `key` in a family of type `kind`: with
 /// `bucket`, a histogram bucket of that bound; with `pid`, an `all`/`liveall` gauge's series of
 /// that process. Also tells whether a string had a 0 byte.
@@ -92,23 +117,7 @@ fn build_ident(
     bucket: Option<f64>,
     pid: Option<&str>,
 ) -> (Row, bool) {
-    // A bucket's labels but `le`; a gauge's never keep a `pid` of the key, and `all` and
-    // `liveall` add the file's.
-    let skip = match bucket {
-        Some(_) => Some("le"),
-        None if kind == MetricType::Gauge => Some("pid"),
-        None => None,
-    };
-    let kept = key
-        .labels
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v.as_ref()))
-        .filter(move |(n, _)| Some(*n) != skip);
-    let labels = kept
-        .clone()
-        .take_while(|(n, _)| *n < "pid")
-        .chain(pid.map(|p| ("pid", p)))
-        .chain(kept.skip_while(|(n, _)| *n < "pid"));
+    let labels = series_labels(key, kind, bucket.is_some(), pid);
     let start = arena.len();
     let (end, mut zero) = sort_key_into(arena, labels, "");
     let labels_end = end - start;
@@ -567,29 +576,17 @@ fn finish(
                 if decode_key_into(d.raw, &mut key).is_err() {
                     key = KeyRef::default();
                 }
-                let row = if reuse {
-                    d.ident
+                let (row, zero) = if reuse {
+                    (d.ident, d.zero)
                 } else {
-                    build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid).0
+                    build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid)
                 };
                 rows.push(Row { member, ..row });
-                if d.zero {
+                if zero {
                     // The identity escapes the 0 bytes: keep the strings themselves.
-                    let mut labels = Vec::new();
-                    let skip = match bucket_of(k) {
-                        Some(_) => Some("le"),
-                        None if fam.kind == MetricType::Gauge => Some("pid"),
-                        None => None,
-                    };
-                    for (n, v) in &key.labels {
-                        if Some(n.as_ref()) != skip {
-                            labels.push((n.to_string(), v.to_string()));
-                        }
-                    }
-                    if let Some(pid) = pid {
-                        let at = labels.partition_point(|(n, _)| n.as_str() < "pid");
-                        labels.insert(at, ("pid".to_owned(), pid.to_owned()));
-                    }
+                    let labels = series_labels(&key, fam.kind, bucket_of(k).is_some(), pid)
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .collect();
                     escaped.push((member, (key.sample.to_string(), labels)));
                 }
             }
