@@ -132,9 +132,79 @@ impl FamilyView for MetricFamily {
 /// Families of at least this many samples are written on every core, in runs of this many.
 const PARALLEL_RUN: usize = 8192;
 
-/// Writes `families` in `format`, in the order given.
+/// Where encoded text goes: a string kept whole, or a writer that takes it in pieces.
+pub(crate) trait Sink {
+    /// The text written so far and not yet handed on.
+    fn text(&mut self) -> &mut String;
+    /// Called where the text so far may be handed on.
+    fn flush(&mut self) -> std::io::Result<()>;
+    /// Whether the text is kept whole, so worth reserving room for.
+    fn keeps_all(&self) -> bool {
+        false
+    }
+}
+
+impl Sink for String {
+    fn keeps_all(&self) -> bool {
+        true
+    }
+    fn text(&mut self) -> &mut String {
+        self
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that gets the text in pieces of about [`Self::PIECE`] bytes.
+pub(crate) struct WriteSink<W> {
+    pub(crate) text: String,
+    pub(crate) out: W,
+}
+
+impl<W> WriteSink<W> {
+    const PIECE: usize = 1 << 20;
+
+    pub(crate) fn new(out: W) -> WriteSink<W> {
+        WriteSink {
+            text: String::with_capacity(2 * Self::PIECE),
+            out,
+        }
+    }
+}
+
+impl<W: std::io::Write> Sink for WriteSink<W> {
+    fn text(&mut self) -> &mut String {
+        &mut self.text
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.text.len() >= Self::PIECE {
+            self.out.write_all(self.text.as_bytes())?;
+            self.text.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Writes `families` in `format`, in the order given, into a string.
 pub(crate) fn encode_views(families: &[&dyn FamilyView], format: Format, out: &mut String) {
-    out.reserve(estimated_len(families));
+    // A string takes every piece.
+    let _ = encode_views_to(families, format, out);
+}
+
+/// Writes `families` in `format`, in the order given, into `sink`; the sink's text may hold
+/// the end of the output when this returns.
+pub(crate) fn encode_views_to(
+    families: &[&dyn FamilyView],
+    format: Format,
+    sink: &mut dyn Sink,
+) -> std::io::Result<()> {
+    if sink.keeps_all() {
+        sink.text().reserve(estimated_len(families));
+    }
+    // Large families are written on every core, a batch of runs at a time, each run into a
+    // buffer kept for the next batch (fresh memory costs more than writing the text).
+    let mut buffers: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
     let mut deferred = Vec::new();
     for &family in families {
         let text = format == Format::Text;
@@ -145,27 +215,34 @@ pub(crate) fn encode_views(families: &[&dyn FamilyView], format: Format, out: &m
             ""
         };
         let kind = family.kind().as_str();
-        write_header(out, name, suffix, family.help(), kind, !text);
+        write_header(sink.text(), name, suffix, family.help(), kind, !text);
         deferred.clear();
         if family.len() < 2 * PARALLEL_RUN {
-            write_samples(out, family, 0..family.len(), text, &mut deferred);
+            write_samples(sink.text(), family, 0..family.len(), text, &mut deferred);
         } else {
             use rayon::prelude::*;
-            let runs: Vec<(String, Vec<(usize, usize)>)> = (0..family.len())
-                .step_by(PARALLEL_RUN)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|start| {
-                    let end = (start + PARALLEL_RUN).min(family.len());
-                    let mut text_run = String::with_capacity(PARALLEL_RUN * 96);
-                    let mut deferred = Vec::new();
-                    write_samples(&mut text_run, family, start..end, text, &mut deferred);
-                    (text_run, deferred)
-                })
-                .collect();
-            for (text_run, run_deferred) in runs {
-                out.push_str(&text_run);
-                deferred.extend(run_deferred);
+            if buffers.is_empty() {
+                buffers.resize_with(2 * rayon::current_num_threads(), Default::default);
+            }
+            let batch = PARALLEL_RUN * buffers.len();
+            for batch_start in (0..family.len()).step_by(batch) {
+                buffers
+                    .par_iter_mut()
+                    .enumerate()
+                    .for_each(|(i, (text_run, run_deferred))| {
+                        text_run.clear();
+                        run_deferred.clear();
+                        let start = batch_start + i * PARALLEL_RUN;
+                        let end = (start + PARALLEL_RUN).min(family.len());
+                        if start < end {
+                            write_samples(text_run, family, start..end, text, run_deferred);
+                        }
+                    });
+                for (text_run, run_deferred) in &buffers {
+                    sink.text().push_str(text_run);
+                    deferred.extend_from_slice(run_deferred);
+                }
+                sink.flush()?;
             }
         }
         // Python's text encoder moves these samples out of their family, each suffix into a
@@ -174,17 +251,26 @@ pub(crate) fn encode_views(families: &[&dyn FamilyView], format: Format, out: &m
         for (which, suffix) in TEXT_GAUGE_SUFFIXES.iter().enumerate() {
             let mut samples = deferred.iter().filter(|&&(w, _)| w == which).peekable();
             if samples.peek().is_some() {
-                write_header(out, family.name(), suffix, family.help(), "gauge", false);
+                write_header(
+                    sink.text(),
+                    family.name(),
+                    suffix,
+                    family.help(),
+                    "gauge",
+                    false,
+                );
                 for &(_, index) in samples {
                     let (name, value) = family.sample(index, &mut labels);
-                    write_sample(out, name, &labels, value);
+                    write_sample(sink.text(), name, &labels, value);
                 }
             }
         }
+        sink.flush()?;
     }
     if format == Format::OpenMetrics {
-        out.push_str("# EOF\n");
+        sink.text().push_str("# EOF\n");
     }
+    Ok(())
 }
 
 /// Writes the samples `range` of `family`; in the text format, those whose names end in one of

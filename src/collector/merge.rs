@@ -20,6 +20,27 @@ pub(super) struct Merge<'a> {
     pub(super) inputs: Vec<Input<'a>>,
 }
 
+/// Items made in runs of [`Runs::LEN`] on every core, indexed as one list without copying them
+/// into one.
+struct Runs<T>(Vec<Vec<T>>);
+
+impl<T> Runs<T> {
+    const SHIFT: u32 = 12;
+    /// The length of every run but the last.
+    const LEN: usize = 1 << Self::SHIFT;
+
+    fn len(&self) -> usize {
+        self.0.iter().map(Vec::len).sum()
+    }
+}
+
+impl<T> std::ops::Index<u32> for Runs<T> {
+    type Output = T;
+    fn index(&self, i: u32) -> &T {
+        &self.0[(i >> Self::SHIFT) as usize][i as usize & (Self::LEN - 1)]
+    }
+}
+
 /// A checked key with what the merge needs of it, found in parallel before the merge: its
 /// family name, its `le` bound, and the identity of its series (see [`Row`]) for a family of the
 /// type of the first file it was met in. Its labels are read again where needed, so that
@@ -303,10 +324,6 @@ impl Row {
             .get(..self.labels_end as usize)
             .unwrap_or_default()
     }
-
-    fn is_bucket(&self, arenas: Arenas) -> bool {
-        self.ident(arenas).as_bytes().get(self.labels_end as usize) == Some(&0)
-    }
 }
 
 /// The labels and sample name held in an identity, when none of its strings had a 0 byte to
@@ -538,24 +555,43 @@ impl FamilyView for MergedView<'_> {
 /// accumulated by bound with their `_count`.
 fn finish(
     fam: FamilyAcc,
-    mut members: Vec<(u32, Option<&str>, Acc)>,
-    decoded: &[Decoded],
+    members: Vec<(u32, Option<&str>, Acc)>,
+    decoded: &Runs<Decoded>,
     key_arenas: &[String],
 ) -> MergedFamily {
     let histogram = fam.kind == MetricType::Histogram;
     let bucket_of = |key: u32| {
-        let d = &decoded[key as usize];
+        let d = &decoded[key];
         (histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN))
     };
     // Each series' identity: its key's, unless the family's type is not the one it was made
     // for or the series is a process's (`all` gauges); those are made here, on every core.
+    let reusable = |&(k, pid, _): &(u32, Option<&str>, Acc)| {
+        let d = &decoded[k];
+        pid.is_none() && d.kind == fam.kind && !d.zero
+    };
+    let mut rows: Vec<Row> = members
+        .par_iter()
+        .enumerate()
+        .map(|(member, m)| Row {
+            member: member as u32,
+            ..match reusable(m) {
+                true => decoded[m.0].ident,
+                false => Row::default(),
+            }
+        })
+        .collect();
+    let others: Vec<u32> = (0..members.len() as u32)
+        .into_par_iter()
+        .filter(|&member| !reusable(&members[member as usize]))
+        .collect();
     const RUN: usize = 4096;
     type Built = (
         String,
         Vec<Row>,
         Vec<(u32, (String, Vec<(String, String)>))>,
     );
-    let built: Vec<Built> = members
+    let built: Vec<Built> = others
         .par_chunks(RUN)
         .enumerate()
         .map(|(run_id, run)| {
@@ -564,19 +600,14 @@ fn finish(
             let mut escaped = Vec::new();
             let mut key = KeyRef::default();
             let own_id = (key_arenas.len() + run_id) as u32;
-            for (i, &(k, pid, _)) in run.iter().enumerate() {
-                let member = (run_id * RUN + i) as u32;
-                let d = &decoded[k as usize];
-                let reuse = pid.is_none() && d.kind == fam.kind;
-                if reuse && !d.zero {
-                    rows.push(Row { member, ..d.ident });
-                    continue;
-                }
+            for &member in run {
+                let (k, pid, _) = members[member as usize];
+                let d = &decoded[k];
                 // Checked before the merge: this decodes.
                 if decode_key_into(d.raw, &mut key).is_err() {
                     key = KeyRef::default();
                 }
-                let (row, zero) = if reuse {
+                let (row, zero) = if pid.is_none() && d.kind == fam.kind {
                     (d.ident, d.zero)
                 } else {
                     build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid)
@@ -594,11 +625,12 @@ fn finish(
         })
         .collect();
     let mut own_arenas = Vec::with_capacity(built.len());
-    let mut rows = Vec::with_capacity(members.len());
     let mut escaped = FxHashMap::default();
     for (bytes, run, run_escaped) in built {
         own_arenas.push(bytes);
-        rows.extend(run);
+        for row in run {
+            rows[row.member as usize] = row;
+        }
         escaped.extend(run_escaped);
     }
     let arenas = Arenas {
@@ -606,23 +638,54 @@ fn finish(
         own: &own_arenas,
     };
     rows.par_sort_unstable_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
-    // Keys of one series are next to each other now: merge them. Bounds compare as floats, as
-    // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
-    rows.dedup_by(|row, kept| {
-        let same = if histogram && row.is_bucket(arenas) {
-            row.labels(arenas) == kept.labels(arenas)
-                && kept.is_bucket(arenas)
-                && bucket_of(members[row.member as usize].0)
-                    == bucket_of(members[kept.member as usize].0)
+    // A stored `_count` sample, as its identity ends.
+    let mut count_ident = String::from("\x01");
+    escape_zeros(&mut count_ident, &format!("{}_count", fam.name));
+    // What the merge in order needs of each row, found on every core: the rows are read here
+    // and only their flags below.
+    let flags: Vec<RowFlags> = (0..rows.len())
+        .into_par_iter()
+        .map(|i| {
+            let row = &rows[i];
+            let (key, _, acc) = members[row.member as usize];
+            let bucket = bucket_of(key);
+            let prev = i.checked_sub(1).map(|p| &rows[p]);
+            let labels_as_prev =
+                histogram && prev.is_some_and(|p| p.labels(arenas) == row.labels(arenas));
+            // Keys of one series are next to each other now. Bounds compare as floats, as
+            // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
+            let same_as_prev = match (bucket, prev) {
+                (_, None) => false,
+                (Some(bound), Some(p)) => {
+                    labels_as_prev && bucket_of(members[p.member as usize].0) == Some(bound)
+                }
+                (None, Some(p)) => p.ident(arenas) == row.ident(arenas),
+            };
+            RowFlags {
+                acc,
+                bucket,
+                same_as_prev,
+                labels_as_prev,
+                stored_count: histogram
+                    && row.ident(arenas).get(row.labels_end as usize..) == Some(&count_ident[..]),
+            }
+        })
+        .collect();
+    // Merge the keys of one series, in place.
+    let mut flags = flags;
+    let mut kept = 0;
+    for i in 0..rows.len() {
+        if kept > 0 && flags[i].same_as_prev {
+            let acc = flags[i].acc;
+            flags[kept - 1].acc.combine(fam.mode, &acc);
         } else {
-            row.ident(arenas) == kept.ident(arenas)
-        };
-        if same {
-            let acc = members[row.member as usize].2;
-            members[kept.member as usize].2.combine(fam.mode, &acc);
+            rows[kept] = rows[i];
+            flags[kept] = flags[i];
+            kept += 1;
         }
-        same
-    });
+    }
+    rows.truncate(kept);
+    flags.truncate(kept);
     let mut out = MergedFamily {
         bucket_name: format!("{}_bucket", fam.name),
         count_name: format!("{}_count", fam.name),
@@ -632,32 +695,23 @@ fn finish(
         bounds: Vec::new(),
         arenas: Vec::new(),
         escaped,
-        samples: Vec::with_capacity(rows.len()),
+        samples: Vec::with_capacity(kept),
     };
-    // A stored `_count` sample, as its identity ends.
-    let mut count_ident = String::from("\x01");
-    escape_zeros(&mut count_ident, &out.count_name);
     let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut rows = rows.iter().peekable();
-    while let Some(row) = rows.next() {
-        let acc = members[row.member as usize].2;
-        let first_bound = if histogram && row.is_bucket(arenas) {
-            bucket_of(members[row.member as usize].0)
-        } else {
-            None
-        };
-        let Some(first_bound) = first_bound else {
+    let mut rows = rows.iter().zip(&flags).peekable();
+    while let Some((row, f)) = rows.next() {
+        let Some(first_bound) = f.bucket else {
             out.samples.push(MergedSample {
                 row: *row,
                 name: SampleName::Key,
                 le: None,
-                value: acc.value,
+                value: f.acc.value,
             });
             continue;
         };
         // A histogram's buckets, accumulated in order of their bounds, then its `_count`.
         let mut total = 0.0;
-        let mut bucket = Some((row, first_bound, acc));
+        let mut bucket = Some((row, first_bound, f.acc));
         while let Some((r, bound, acc)) = bucket {
             total += acc.value;
             let next = out.bounds.len() as u32;
@@ -672,11 +726,8 @@ fn finish(
                 value: total,
             });
             bucket = rows
-                .next_if(|r| r.is_bucket(arenas) && r.labels(arenas) == row.labels(arenas))
-                .map(|r| {
-                    let (key, _, acc) = members[r.member as usize];
-                    (r, bucket_of(key).unwrap_or(f64::NAN), acc)
-                });
+                .next_if(|(_, f)| f.bucket.is_some() && f.labels_as_prev)
+                .map(|(r, f)| (r, f.bucket.unwrap_or(f64::NAN), f.acc));
         }
         out.samples.push(MergedSample {
             row: *row,
@@ -686,16 +737,27 @@ fn finish(
         });
         // The accumulated `_count` replaces a stored one, as in Python.
         while rows
-            .next_if(|r| {
-                r.labels(arenas) == row.labels(arenas)
-                    && r.ident(arenas).get(r.labels_end as usize..) == Some(&count_ident[..])
-            })
+            .next_if(|(_, f)| f.labels_as_prev && f.stored_count)
             .is_some()
         {}
     }
     drop(rows);
     out.arenas = own_arenas;
     out
+}
+
+/// What finishing a family needs to know of one of its sorted rows.
+#[derive(Clone, Copy)]
+struct RowFlags {
+    acc: Acc,
+    /// The bound of a histogram's bucket.
+    bucket: Option<f64>,
+    /// Whether it is a key of the same series as the row before (to merge with it).
+    same_as_prev: bool,
+    /// Whether its labels are those of the row before (histograms only).
+    labels_as_prev: bool,
+    /// Whether it is a histogram's stored `_count` sample.
+    stored_count: bool,
 }
 
 /// [`sort_key_into`] into a new string.
@@ -825,9 +887,8 @@ impl Merge<'_> {
         // 3. Decode the distinct keys, in parallel.
         let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
             chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
-        const RUN: usize = 4096;
         let runs: Vec<(String, Vec<Decoded>)> = distinct
-            .par_chunks(RUN)
+            .par_chunks(Runs::<Decoded>::LEN)
             .enumerate()
             .map(|(arena_id, run)| {
                 let mut arena = String::with_capacity(run.len() * 96);
@@ -849,12 +910,8 @@ impl Merge<'_> {
                 (arena, decoded)
             })
             .collect();
-        let mut arenas = Vec::with_capacity(runs.len());
-        let mut decoded = Vec::with_capacity(distinct.len());
-        for (arena, run) in runs {
-            arenas.push(arena);
-            decoded.extend(run);
-        }
+        let (arenas, decoded): (Vec<String>, Vec<Vec<Decoded>>) = runs.into_iter().unzip();
+        let decoded = Runs(decoded);
         let mut bad = Vec::new();
         let mut files = Vec::with_capacity(self.inputs.len());
         let loaded = loaded
@@ -892,7 +949,7 @@ impl Merge<'_> {
                 let timestamp = entries.timestamps.get(j).copied().unwrap_or(0.0);
                 let mut f = family_of[key as usize];
                 if f == UNSEEN {
-                    let d = &decoded[key as usize];
+                    let d = &decoded[key];
                     f = *family_index.entry(&d.metric).or_insert_with(|| {
                         // The help of the key that makes the family.
                         let help = decode_key_ref(d.raw).map(|k| k.help.into_owned());
@@ -977,11 +1034,11 @@ fn check_keys(
     name: &FileName,
     keys: &KeyList,
     ids: &[u32],
-    decoded: &[Decoded],
+    decoded: &Runs<Decoded>,
 ) -> Option<BadFile> {
     for (&local, &at) in keys.ids.iter().zip(&keys.offsets) {
         let at = at as usize;
-        let d = &decoded[ids[local as usize] as usize];
+        let d = &decoded[ids[local as usize]];
         let problem = match &d.error {
             Some(k) => Some((at + 4 + k.offset, format!("entry at offset {at}: {k}"))),
             None if name.kind == MetricType::Histogram && d.has_le && d.le.is_none() => Some((

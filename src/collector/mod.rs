@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use prometheus_multiproc_format::filename::{FileName, GaugeMode, MetricType};
 
-use crate::exposition::{encode_views, FamilyView, Format};
+use crate::exposition::{encode_views_to, FamilyView, Format, Sink, WriteSink};
 use crate::liveness::{liveness, Liveness};
 
 mod merge;
@@ -148,6 +148,45 @@ impl fmt::Display for CollectError {
 impl std::error::Error for CollectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         Some(&self.source)
+    }
+}
+
+/// Why [`Collector::write_to`] failed.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The directory could not be read: nothing was written.
+    Collect(CollectError),
+    /// Writing the output failed (part of it may have been written).
+    Output(io::Error),
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteError::Collect(e) => e.fmt(f),
+            WriteError::Output(e) => write!(f, "cannot write output: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for WriteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            WriteError::Collect(e) => Some(e),
+            WriteError::Output(e) => Some(e),
+        }
+    }
+}
+
+impl From<CollectError> for WriteError {
+    fn from(e: CollectError) -> WriteError {
+        WriteError::Collect(e)
+    }
+}
+
+impl From<io::Error> for WriteError {
+    fn from(e: io::Error) -> WriteError {
+        WriteError::Output(e)
     }
 }
 
@@ -293,6 +332,46 @@ impl Collector {
     /// assert_eq!(text, encode(&collector.collect().unwrap().families, Format::Text));
     /// ```
     pub fn encode_into(&self, format: Format, out: &mut String) -> Result<Summary, CollectError> {
+        self.encode_to_sink(format, out).map_err(|e| match e {
+            WriteError::Collect(e) => e,
+            // A string takes all the text.
+            WriteError::Output(source) => CollectError {
+                dir: self.dir.clone(),
+                source,
+            },
+        })
+    }
+
+    /// Reads and merges the directory as [`encode_into`](Self::encode_into) does, writing the
+    /// exposition to `out` as it is made, in pieces of about a megabyte, instead of keeping all
+    /// of it in memory: what `prom-multiproc dump` does.
+    ///
+    /// ```
+    /// use prometheus_multiproc::collector::Collector;
+    /// use prometheus_multiproc::exposition::Format;
+    /// use prometheus_multiproc::Registry;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let registry = Registry::new(dir.path()).unwrap();
+    /// registry.counter("jobs", "Jobs run.").unwrap().inc();
+    ///
+    /// let mut out = Vec::new();
+    /// let summary = Collector::new(dir.path())
+    ///     .self_metrics(false)
+    ///     .write_to(Format::Text, &mut out)
+    ///     .unwrap();
+    /// assert_eq!(out, b"# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total 1.0\n");
+    /// assert!(summary.bad_files.is_empty());
+    /// ```
+    pub fn write_to(&self, format: Format, out: impl io::Write) -> Result<Summary, WriteError> {
+        let mut sink = WriteSink::new(out);
+        let summary = self.encode_to_sink(format, &mut sink)?;
+        sink.out.write_all(sink.text.as_bytes())?;
+        sink.out.flush()?;
+        Ok(summary)
+    }
+
+    fn encode_to_sink(&self, format: Format, sink: &mut dyn Sink) -> Result<Summary, WriteError> {
         let mut merged = self.merge()?.run();
         let bad_files = report(std::mem::take(&mut merged.bad));
         let own = self.own_families(&bad_files, |name| {
@@ -307,7 +386,7 @@ impl Collector {
             own.iter().map(|f| f as &dyn FamilyView).collect(),
             |f| f.name(),
         );
-        encode_views(&all, format, out);
+        encode_views_to(&all, format, sink)?;
         merged.stages.lap("encode");
         merged.stages.log(&self.dir, merged.files_read);
         Ok(Summary {

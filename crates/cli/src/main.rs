@@ -1,12 +1,11 @@
 //! `prom-multiproc`: dump, check and inspect a Prometheus multiprocess directory.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use prometheus_multiproc::collector::{dir_from_env, Collector, DIR_ENV};
+use prometheus_multiproc::collector::{dir_from_env, Collector, WriteError, DIR_ENV};
 use prometheus_multiproc::exposition::Format;
 use prometheus_multiproc::liveness::mark_process_dead;
 use prometheus_multiproc_format::{filename::FileName, float::python_repr, key, layout};
@@ -101,23 +100,23 @@ fn dump(dir: Option<PathBuf>, format: OutputFormat) -> ExitCode {
         OutputFormat::Text => Format::Text,
         OutputFormat::Openmetrics => Format::OpenMetrics,
     };
-    let mut text = String::new();
-    let summary = match collector.encode_into(format, &mut text) {
+    // Written as it is made; a reader that goes away (`| head`) is no error.
+    let summary = match collector.write_to(format, std::io::stdout().lock()) {
         Ok(s) => s,
-        Err(e) => {
+        Err(WriteError::Collect(e)) => {
             eprintln!("prom-multiproc: {e}");
             return ExitCode::from(EXIT_USAGE);
+        }
+        Err(WriteError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("prom-multiproc: {e}");
+            return ExitCode::from(EXIT_BAD);
         }
     };
     for bad in &summary.bad_files {
         eprintln!("prom-multiproc: skipped bad file ({}) {bad}", bad.reason);
-    }
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("prom-multiproc: cannot write output: {e}");
-            return ExitCode::from(EXIT_BAD);
-        }
     }
     ExitCode::SUCCESS
 }

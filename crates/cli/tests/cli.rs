@@ -201,3 +201,91 @@ fn mark_dead_refuses_a_pid_that_is_a_path() {
         stderr(&out)
     );
 }
+
+/// A directory whose output is over two megabytes (pieces of one are written): three files, each of 20,000 counter series
+/// of which half are shared with the next file, and histograms whose buckets are spread over
+/// the files.
+fn large_directory() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in 0..3 {
+        let keys: Vec<String> = (0..20_000)
+            .map(|i| {
+                let series = f * 10_000 + i;
+                encode_key(
+                    "requests",
+                    "requests_total",
+                    &[
+                        ("path", format!("/item/{series}").as_str()),
+                        ("code", "200"),
+                    ],
+                    "Requests.",
+                )
+            })
+            .collect();
+        let counters = write_file(keys.iter().map(|k| (k.as_bytes(), 1.0, 0.0)));
+        std::fs::write(dir.path().join(format!("counter_{f}.db")), counters).unwrap();
+        let buckets: Vec<String> = (0..3_000)
+            .flat_map(|route| {
+                ["0.1", "1.0", "+Inf"].map(move |le| {
+                    encode_key(
+                        "latency",
+                        "latency_bucket",
+                        &[("le", le), ("route", format!("r{route}").as_str())],
+                        "Latency.",
+                    )
+                })
+            })
+            .collect();
+        let histogram = write_file(buckets.iter().map(|k| (k.as_bytes(), 2.0, 0.0)));
+        std::fs::write(dir.path().join(format!("histogram_{f}.db")), histogram).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn dump_of_a_large_directory_writes_what_the_library_encodes() {
+    use prometheus_multiproc::collector::Collector;
+    use prometheus_multiproc::exposition::Format;
+
+    let dir = large_directory();
+    for (flag, format) in [("text", Format::Text), ("openmetrics", Format::OpenMetrics)] {
+        let out = prom_multiproc(&["dump", "--dir", arg(dir.path()), "--format", flag]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut want = String::new();
+        Collector::new(dir.path())
+            .encode_into(format, &mut want)
+            .unwrap();
+        assert!(want.len() > 2 << 20, "only {} bytes: not large", want.len());
+        // Streamed in pieces, the same bytes as the text made whole.
+        assert!(
+            stdout(&out) == want,
+            "dump --format {flag} differs from encode_into"
+        );
+        assert!(
+            want.contains("requests_total{code=\"200\",path=\"/item/15000\"} 2.0\n"),
+            "a series of two files is summed"
+        );
+        assert!(want.contains("latency_bucket{le=\"+Inf\",route=\"r7\"} 18.0\n"));
+    }
+}
+
+#[test]
+fn dump_into_a_reader_that_stops_early_exits_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+
+    let dir = large_directory();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_prom-multiproc"))
+        .args(["dump", "--dir", arg(dir.path())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is closed now: the rest of the output meets a broken pipe.
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with(b"# HELP latency"));
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
