@@ -1,6 +1,13 @@
 //! `prom-multiproc`: dump, check and inspect a Prometheus multiprocess directory.
 #![forbid(unsafe_code)]
 
+// A scrape of a large directory allocates hundreds of megabytes, then frees them: glibc's
+// malloc maps and unmaps them each time, and the page faults of touching fresh memory were a
+// third of such a scrape's time; mimalloc keeps its memory mapped for the next allocations. The
+// binary never forks, so how an allocator behaves across fork() does not matter here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
