@@ -289,3 +289,24 @@ fn dump_into_a_reader_that_stops_early_exits_quietly() {
     assert!(out.status.success(), "exit {:?}", out.status);
     assert!(stderr(&out).is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn dump_to_a_full_disk_exits_1_naming_the_problem() {
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("SKIPPED: no /dev/full on this system");
+        return;
+    }
+    let dir = directory(false);
+    let out = Command::new(env!("CARGO_BIN_EXE_prom-multiproc"))
+        .args(["dump", "--dir", arg(dir.path())])
+        .stdout(std::fs::OpenOptions::new().write(true).open(full).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot write output: No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+}
