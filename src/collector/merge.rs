@@ -1010,7 +1010,7 @@ impl Merge<'_> {
             );
         }
         let mut merged: Vec<MergedFamily> = families
-            .into_iter()
+            .into_par_iter()
             .zip(members)
             .map(|(fam, members)| finish(fam, members, &decoded, &arenas))
             .collect();
