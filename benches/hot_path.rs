@@ -32,14 +32,17 @@
 //! Without `--bench` (`cargo test --benches`), every function runs once and the Python script
 //! runs in its quick mode, as a check that both sides work.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Barrier;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::Env;
 use criterion::{Criterion, SamplingMode};
 use prometheus_multiproc::{GaugeMode, Registry, DEFAULT_BUCKETS};
 
@@ -359,44 +362,6 @@ fn estimate(
 }
 
 // ------------------------------------------------------------------ the Python side
-
-struct Env {
-    root: PathBuf,
-    target: PathBuf,
-    python: Result<PathBuf, String>,
-}
-
-impl Env {
-    fn find() -> Env {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        let candidate = std::env::var_os("PROMETHEUS_MULTIPROC_PYTHON")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv/bin/python"));
-        let python = match Command::new(&candidate)
-            .args(["-c", "import prometheus_client"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(s) if s.success() => Ok(candidate),
-            Ok(_) => Err(format!(
-                "{} cannot import prometheus_client",
-                candidate.display()
-            )),
-            Err(e) => Err(format!("no Python at {}: {e}", candidate.display())),
-        };
-        Env {
-            root,
-            target,
-            python,
-        }
-    }
-}
 
 struct Python {
     version: String,

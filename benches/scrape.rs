@@ -28,6 +28,8 @@
 //! Run without `--bench` (as `cargo test --all-targets` does), it only checks on a tiny directory
 //! that the generator and the merge work, and that the Rust generator writes Python's bytes.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::hint::black_box;
@@ -35,6 +37,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{cli_binary, Env};
 use prometheus_multiproc::collector::{merge_files, Collector, MetricFamily};
 use prometheus_multiproc::exposition::{encode, Format};
 use prometheus_multiproc::format::key::{decode_key_into, encode_key, KeyRef};
@@ -164,45 +167,7 @@ fn write_dir_rust(dir: &Path, mode: Mode, files: usize, series: usize) -> std::i
 
 // ------------------------------------------------------------------ environment
 
-struct Env {
-    root: PathBuf,
-    target: PathBuf,
-    python: Option<PathBuf>,
-    python_why_not: String,
-}
-
 impl Env {
-    fn find() -> Env {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .map(|t| if t.is_absolute() { t } else { root.join(t) })
-            .unwrap_or_else(|| root.join("target"));
-        let candidate = std::env::var_os("PROMETHEUS_MULTIPROC_PYTHON")
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".venv/bin/python"));
-        let (python, python_why_not) = match Command::new(&candidate)
-            .args(["-c", "import prometheus_client"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(s) if s.success() => (Some(candidate), String::new()),
-            Ok(_) => (
-                None,
-                format!("{} cannot import prometheus_client", candidate.display()),
-            ),
-            Err(e) => (None, format!("no Python at {}: {e}", candidate.display())),
-        };
-        Env {
-            root,
-            target,
-            python,
-            python_why_not,
-        }
-    }
-
     fn script(&self, name: &str) -> PathBuf {
         self.root.join("benches/python").join(name)
     }
@@ -215,7 +180,7 @@ impl Env {
         files: usize,
         series: usize,
     ) -> Result<(), String> {
-        let python = self.python.as_ref().ok_or("no Python")?;
+        let python = self.python.as_ref().map_err(Clone::clone)?;
         let out = Command::new(python)
             .arg(self.script("make_dir.py"))
             .arg(dir)
@@ -257,7 +222,7 @@ fn data_dir(env: &Env, mode: Mode, files: usize, series: usize) -> (PathBuf, Str
     let _ = fs::remove_dir_all(&dir);
     let force_rust = std::env::var("SCRAPE_BENCH_WRITER").is_ok_and(|w| w == "rust");
     let started = Instant::now();
-    let writer = if env.python.is_some() && !force_rust {
+    let writer = if env.python.is_ok() && !force_rust {
         env.write_dir_python(&partial, mode, files, series)
             .unwrap_or_else(|e| panic!("{e}"));
         "python"
@@ -295,37 +260,6 @@ fn db_files(dir: &Path) -> Vec<PathBuf> {
 
 fn count_db_files(dir: &Path) -> usize {
     db_files(dir).len()
-}
-
-/// The `prom-multiproc` binary: `PROM_MULTIPROC_BIN`, or built (or found up to date) by cargo.
-fn cli_binary(env: &Env) -> Result<PathBuf, String> {
-    if let Some(bin) = std::env::var_os("PROM_MULTIPROC_BIN").filter(|b| !b.is_empty()) {
-        return Ok(PathBuf::from(bin));
-    }
-    let bin = env.target.join("release/prom-multiproc");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "prometheus-multiproc-cli",
-        ])
-        .current_dir(&env.root)
-        .status();
-    match status {
-        Ok(s) if s.success() => Ok(bin),
-        _ if bin.exists() => {
-            println!(
-                "warning: cargo build failed, timing the existing {}",
-                bin.display()
-            );
-            Ok(bin)
-        }
-        Ok(s) => Err(format!("cargo build -p prometheus-multiproc-cli: {s}")),
-        Err(e) => Err(format!("cannot run cargo: {e}")),
-    }
 }
 
 // ------------------------------------------------------------------ timing
@@ -732,10 +666,7 @@ fn report(what: &str, s: &Stats) {
 }
 
 fn run_python(env: &Env, dir: &Path, out: &Path) -> Result<Python, String> {
-    let python = env
-        .python
-        .as_ref()
-        .ok_or_else(|| env.python_why_not.clone())?;
+    let python = env.python.as_ref().map_err(Clone::clone)?;
     let iterations = std::env::var("SCRAPE_BENCH_PY_ITER")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
@@ -1256,8 +1187,8 @@ fn main() {
         "scrape benchmark: {files} files x {series} series; {} CPUs ({}), {}",
         machine.cpus, machine.model, machine.memory
     );
-    if env.python.is_none() {
-        println!("Python: SKIPPED ({})", env.python_why_not);
+    if let Err(why) = &env.python {
+        println!("Python: SKIPPED ({why})");
     }
     let bin = cli_binary(&env);
     let results: Vec<ModeResult> = MODES
@@ -1300,7 +1231,7 @@ fn smoke(env: &Env) {
         };
         assert_eq!(samples, expect, "{} mode", mode.as_str());
         assert!(!encode(&scrape.families, Format::Text).is_empty());
-        if env.python.is_some() {
+        if env.python.is_ok() {
             let python = base.join(format!("{}-python", mode.as_str()));
             env.write_dir_python(&python, mode, files, series)
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -1316,11 +1247,10 @@ fn smoke(env: &Env) {
     }
     let _ = fs::remove_dir_all(&base);
     match &env.python {
-        Some(_) => println!("scrape bench smoke check: ok (Rust and Python generators agree)"),
-        None => println!(
-            "scrape bench smoke check: ok; SKIPPED the generator comparison: {}",
-            env.python_why_not
-        ),
+        Ok(_) => println!("scrape bench smoke check: ok (Rust and Python generators agree)"),
+        Err(why) => {
+            println!("scrape bench smoke check: ok; SKIPPED the generator comparison: {why}")
+        }
     }
     println!("run the benchmark with: cargo bench --bench scrape");
 }

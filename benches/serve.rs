@@ -26,6 +26,8 @@
 //! Run without `--bench` (as `cargo test --all-targets` does), it only checks on a small
 //! directory that every server answers and the clients count right.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,6 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use common::{cli_binary, Env};
 use prometheus_multiproc::collector::Collector;
 use prometheus_multiproc::exposition::Format;
 use prometheus_multiproc::format::key::encode_key;
@@ -304,39 +307,6 @@ fn first_line(child: &mut Child) -> String {
     line
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `PROM_MULTIPROC_BIN`, or `target/release/prom-multiproc` built (or found up to date) by cargo.
-fn cli_binary() -> Option<PathBuf> {
-    if let Some(bin) = std::env::var_os("PROM_MULTIPROC_BIN").filter(|b| !b.is_empty()) {
-        return Some(PathBuf::from(bin));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    let bin = target.join("release/prom-multiproc");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "prometheus-multiproc-cli",
-        ])
-        .current_dir(root())
-        .status()
-        .is_ok_and(|s| s.success());
-    if built || bin.exists() {
-        Some(bin)
-    } else {
-        println!("SKIPPED: cannot build prom-multiproc: no row for the binary");
-        None
-    }
-}
-
 fn start_cli(bin: &Path, dir: &Path, max_concurrent: usize) -> ChildServer {
     let mut child = Command::new(bin)
         .arg("serve")
@@ -355,28 +325,6 @@ fn start_cli(bin: &Path, dir: &Path, max_concurrent: usize) -> ChildServer {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     ChildServer { child, addr }
-}
-
-fn python() -> Option<PathBuf> {
-    let py = std::env::var_os("PROMETHEUS_MULTIPROC_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    let ok = Command::new(&py)
-        .args(["-c", "import prometheus_client.multiprocess"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Some(py)
-    } else {
-        println!(
-            "SKIPPED: no Python with prometheus-client at {}: no Python row",
-            py.display()
-        );
-        None
-    }
 }
 
 fn start_python(py: &Path, dir: &Path) -> ChildServer {
@@ -450,6 +398,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
+    let env = Env::find();
     let (files, series) = if bench { (64, 1000) } else { (4, 50) };
     let seconds: f64 = if bench {
         env_or("SERVE_BENCH_SECONDS", 5.0)
@@ -485,12 +434,21 @@ fn main() {
     let empty_server = start(Collector::new(&empty), ServerConfig::new("127.0.0.1:0"))
         .expect("start the server of the empty directory");
     let cli = if bench {
-        cli_binary()
+        cli_binary(&env)
+            .map_err(|e| {
+                println!("SKIPPED: cannot build prom-multiproc ({e}): no row for the binary")
+            })
+            .ok()
     } else {
         std::env::var_os("PROM_MULTIPROC_BIN").map(PathBuf::from)
     };
     let cli_server = cli.as_deref().map(|b| start_cli(b, &dir, max_clients));
-    let py = python();
+    let py = env
+        .python
+        .as_ref()
+        .map_err(|e| println!("SKIPPED: {e}: no Python row"))
+        .ok()
+        .cloned();
     let py_server = py.as_deref().map(|p| start_python(p, &dir));
 
     // Columns: one per server and client count, then Python's (one client).
@@ -694,7 +652,7 @@ fn main() {
     }
     let _ = writeln!(md, "\nMachine: {}.", machine());
     println!("\n{md}");
-    let out = root().join("target/bench-results");
+    let out = env.target.join("bench-results");
     if fs::create_dir_all(&out).is_ok() {
         let path = out.join("serve.md");
         if fs::write(&path, &md).is_ok() {
