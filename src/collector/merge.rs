@@ -12,6 +12,7 @@ use prometheus_multiproc_format::key::{decode_key_into, decode_key_ref, KeyError
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
+use super::order::sort_rows;
 use super::read::{load_chunk, Chunk, Input, KeyList, KeyTable, Loaded};
 use super::{BadFile, BadFileReason, MetricFamily, Sample};
 use crate::exposition::FamilyView;
@@ -278,23 +279,23 @@ impl FamilyAcc<'_> {
 /// (see [`push_bound`]) for a bucket, or `01` and the sample name; so a histogram's buckets
 /// come first among the samples of its labels, in order of their bounds.
 #[derive(Clone, Copy, Default)]
-struct Row {
+pub(super) struct Row {
     /// Where the identity is: which arena (see [`Arenas`]), from where, how long.
-    arena: u32,
-    start: usize,
-    len: u32,
+    pub(super) arena: u32,
+    pub(super) start: usize,
+    pub(super) len: u32,
     /// Where its labels' part ends.
-    labels_end: u32,
+    pub(super) labels_end: u32,
     /// Index of the series' key, process and values in the family's members.
-    member: u32,
+    pub(super) member: u32,
 }
 
 /// Where identities are: the arenas of the keys (made while decoding them), then a family's
 /// own (for series whose identity differs from their key's).
 #[derive(Clone, Copy)]
-struct Arenas<'x> {
-    keys: &'x [String],
-    own: &'x [String],
+pub(super) struct Arenas<'x> {
+    pub(super) keys: &'x [String],
+    pub(super) own: &'x [String],
 }
 
 impl<'x> Arenas<'x> {
@@ -311,7 +312,7 @@ impl<'x> Arenas<'x> {
 }
 
 impl Row {
-    fn ident<'i>(&self, arenas: Arenas<'i>) -> &'i str {
+    pub(super) fn ident<'i>(&self, arenas: Arenas<'i>) -> &'i str {
         let start = self.start;
         arenas
             .get(self.arena)
@@ -319,7 +320,7 @@ impl Row {
             .unwrap_or_default()
     }
 
-    fn labels<'i>(&self, arenas: Arenas<'i>) -> &'i str {
+    pub(super) fn labels<'i>(&self, arenas: Arenas<'i>) -> &'i str {
         self.ident(arenas)
             .get(..self.labels_end as usize)
             .unwrap_or_default()
@@ -637,10 +638,10 @@ fn finish(
         keys: key_arenas,
         own: &own_arenas,
     };
-    rows.par_sort_unstable_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
     // A stored `_count` sample, as its identity ends.
     let mut count_ident = String::from("\x01");
     escape_zeros(&mut count_ident, &format!("{}_count", fam.name));
+    let order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
     // What the merge in order needs of each row, found on every core: the rows are read here
     // and only their flags below.
     let flags: Vec<RowFlags> = (0..rows.len())
@@ -650,8 +651,10 @@ fn finish(
             let (key, _, acc) = members[row.member as usize];
             let bucket = bucket_of(key);
             let prev = i.checked_sub(1).map(|p| &rows[p]);
-            let labels_as_prev =
-                histogram && prev.is_some_and(|p| p.labels(arenas) == row.labels(arenas));
+            let labels_as_prev = histogram
+                && order.labels_as_prev(i).unwrap_or_else(|| {
+                    prev.is_some_and(|p| p.labels(arenas) == row.labels(arenas))
+                });
             // Keys of one series are next to each other now. Bounds compare as floats, as
             // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
             let same_as_prev = match (bucket, prev) {
@@ -659,7 +662,9 @@ fn finish(
                 (Some(bound), Some(p)) => {
                     labels_as_prev && bucket_of(members[p.member as usize].0) == Some(bound)
                 }
-                (None, Some(p)) => p.ident(arenas) == row.ident(arenas),
+                (None, Some(p)) => order
+                    .same_as_prev(i)
+                    .unwrap_or_else(|| p.ident(arenas) == row.ident(arenas)),
             };
             RowFlags {
                 acc,
@@ -667,7 +672,9 @@ fn finish(
                 same_as_prev,
                 labels_as_prev,
                 stored_count: histogram
-                    && row.ident(arenas).get(row.labels_end as usize..) == Some(&count_ident[..]),
+                    && order.is_count(i).unwrap_or_else(|| {
+                        row.ident(arenas).get(row.labels_end as usize..) == Some(&count_ident[..])
+                    }),
             }
         })
         .collect();
@@ -777,7 +784,7 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Str
 /// one `memcmp` is much cheaper than comparing the label vectors pair by pair. Returns where the
 /// labels' part ends (after its `00 00`; those bytes compare as the labels alone do), and
 /// whether a string had a 0 byte.
-fn sort_key_into<'l>(
+pub(super) fn sort_key_into<'l>(
     key: &mut String,
     labels: impl IntoIterator<Item = (&'l str, &'l str)>,
     name: &str,

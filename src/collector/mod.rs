@@ -29,6 +29,7 @@ use crate::exposition::{encode_views_to, FamilyView, Format, Sink, WriteSink};
 use crate::liveness::{liveness, Liveness};
 
 mod merge;
+mod order;
 mod read;
 
 use merge::Merge;
