@@ -106,6 +106,40 @@ pub(crate) trait FamilyView: Sync {
     fn len(&self) -> usize;
     /// Sample `i`: its name and value, its labels (sorted by name) put in `labels`.
     fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64);
+    /// Sample `i` as the view keeps it written, when it does: its name (a valid metric name, so
+    /// written as it is) and value, and in `pieces` its labels as written (see
+    /// [`label_name_piece`] and [`label_value_piece`]), `}` last, or nothing for no labels.
+    /// `None`: ask [`FamilyView::sample`].
+    fn written<'s>(&'s self, _i: usize, _pieces: &mut Vec<&'s str>) -> Option<(&'s str, f64)> {
+        None
+    }
+}
+
+/// How a label name is written in a sample line, with what comes before it (`{` for the first
+/// label, `,` for the others) and after it (`="`); `None` if the name is not a valid label name
+/// (those are written by [`write_labels`], which may leave one out).
+pub(crate) fn label_name_piece(first: bool, name: &str) -> Option<String> {
+    if !is_valid_name(name, NameKind::Label) {
+        return None;
+    }
+    let mut piece = String::with_capacity(name.len() + 3);
+    piece.push(if first { '{' } else { ',' });
+    piece.push_str(name);
+    piece.push_str("=\"");
+    Some(piece)
+}
+
+/// How a label value is written in a sample line, with its closing quote.
+pub(crate) fn label_value_piece(value: &str) -> String {
+    let mut piece = String::with_capacity(value.len() + 1);
+    write_escaped(&mut piece, value, true);
+    piece.push('"');
+    piece
+}
+
+/// Whether a sample name is written as it is.
+pub(crate) fn is_valid_metric_name(name: &str) -> bool {
+    is_valid_name(name, NameKind::Metric)
 }
 
 impl FamilyView for MetricFamily {
@@ -283,8 +317,13 @@ fn write_samples(
     deferred: &mut Vec<(usize, usize)>,
 ) {
     let mut labels = Vec::new();
+    let mut pieces = Vec::new();
     for index in range {
-        let (name, value) = family.sample(index, &mut labels);
+        let written = family.written(index, &mut pieces);
+        let (name, value) = match written {
+            Some(sample) => sample,
+            None => family.sample(index, &mut labels),
+        };
         if text {
             let gauge_suffix = name.strip_prefix(family.name()).and_then(|rest| {
                 TEXT_GAUGE_SUFFIXES
@@ -296,7 +335,18 @@ fn write_samples(
                 continue;
             }
         }
-        write_sample(out, name, &labels, value);
+        match written {
+            Some(_) => {
+                out.push_str(name);
+                for piece in &pieces {
+                    out.push_str(piece);
+                }
+                out.push(' ');
+                write_value(out, value);
+                out.push('\n');
+            }
+            None => write_sample(out, name, &labels, value),
+        }
     }
 }
 

@@ -12,10 +12,10 @@ use prometheus_multiproc_format::key::{decode_key_into, decode_key_ref, KeyError
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use super::order::sort_rows;
+use super::order::{sort_rows, Order, Ranks};
 use super::read::{load_chunk, Chunk, Input, KeyList, KeyTable, Loaded};
 use super::{BadFile, BadFileReason, MetricFamily, Sample};
-use crate::exposition::FamilyView;
+use crate::exposition::{is_valid_metric_name, label_name_piece, label_value_piece, FamilyView};
 
 pub(super) struct Merge<'a> {
     pub(super) inputs: Vec<Input<'a>>,
@@ -390,6 +390,56 @@ pub(super) struct MergedFamily {
     /// with a 0 byte, escaped there), by member.
     escaped: FxHashMap<u32, (String, Vec<(String, String)>)>,
     samples: Vec<MergedSample>,
+    /// The label text of a family sorted by ranks, each distinct name and value written once.
+    written: Option<Written>,
+}
+
+/// A ranked family's label text (see [`crate::exposition::FamilyView::written`]).
+struct Written {
+    /// Per label field position (names and values alternate): where its rank is in a sample's
+    /// key (shift, mask), and how each of its strings is written, by rank - 1.
+    positions: Vec<(u32, u128, Vec<String>)>,
+    tail_mask: u128,
+    /// By rank - 1 of the rest of an identity: the sample name, if it is one written as it is.
+    names: Vec<Option<String>>,
+}
+
+impl Written {
+    /// The text of `ranks`' strings, if every label name is written as it is.
+    fn new(ranks: &Ranks) -> Option<Written> {
+        fn text(s: &[u8]) -> Option<&str> {
+            std::str::from_utf8(s).ok()
+        }
+        let positions = ranks
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(k, strings)| {
+                let (shift, mask) = ranks.field(k);
+                let pieces = strings
+                    .iter()
+                    .map(|s| match k % 2 {
+                        0 => label_name_piece(k == 0, text(s)?),
+                        _ => Some(label_value_piece(text(s)?)),
+                    })
+                    .collect::<Option<_>>()?;
+                Some((shift, mask, pieces))
+            })
+            .collect::<Option<_>>()?;
+        let names = ranks
+            .tails
+            .iter()
+            .map(|tail| {
+                let name = text(tail.strip_prefix(b"\x01")?)?;
+                is_valid_metric_name(name).then(|| name.to_owned())
+            })
+            .collect();
+        Some(Written {
+            positions,
+            tail_mask: ranks.tail_mask(),
+            names,
+        })
+    }
 }
 
 /// A merged sample: the labels (and sample name) held in the identity of `row`, plus the `le`
@@ -397,6 +447,8 @@ pub(super) struct MergedFamily {
 #[derive(Clone, Copy)]
 struct MergedSample {
     row: Row,
+    /// The row's identity as ranks, if the family was sorted by ranks.
+    key: u128,
     name: SampleName,
     /// An index into the family's `bounds`, for a bucket.
     le: Option<u32>,
@@ -550,6 +602,28 @@ impl FamilyView for MergedView<'_> {
         };
         (name, s.value)
     }
+
+    fn written<'s>(&'s self, i: usize, pieces: &mut Vec<&'s str>) -> Option<(&'s str, f64)> {
+        let fam = self.family;
+        let written = fam.written.as_ref()?;
+        let s = &fam.samples[i];
+        if s.name != SampleName::Key {
+            return None;
+        }
+        let tail = (s.key & written.tail_mask) as usize;
+        let name = written.names.get(tail.checked_sub(1)?)?.as_deref()?;
+        pieces.clear();
+        for (shift, mask, texts) in &written.positions {
+            match ((s.key >> shift) & mask) as usize {
+                0 => break,
+                rank => pieces.push(texts.get(rank - 1)?),
+            }
+        }
+        if !pieces.is_empty() {
+            pieces.push("}");
+        }
+        Some((name, s.value))
+    }
 }
 
 /// Finishes a family: its series in order, keys of one series merged, histogram buckets
@@ -641,7 +715,7 @@ fn finish(
     // A stored `_count` sample, as its identity ends.
     let mut count_ident = String::from("\x01");
     escape_zeros(&mut count_ident, &format!("{}_count", fam.name));
-    let order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
+    let mut order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
     // What the merge in order needs of each row, found on every core: the rows are read here
     // and only their flags below.
     let flags: Vec<RowFlags> = (0..rows.len())
@@ -688,11 +762,17 @@ fn finish(
         } else {
             rows[kept] = rows[i];
             flags[kept] = flags[i];
+            order.move_key(i, kept);
             kept += 1;
         }
     }
     rows.truncate(kept);
     flags.truncate(kept);
+    order.truncate(kept);
+    let written = match &order {
+        Order::Ranked(ranks) if escaped.is_empty() => Written::new(ranks),
+        _ => None,
+    };
     let mut out = MergedFamily {
         bucket_name: format!("{}_bucket", fam.name),
         count_name: format!("{}_count", fam.name),
@@ -703,13 +783,15 @@ fn finish(
         arenas: Vec::new(),
         escaped,
         samples: Vec::with_capacity(kept),
+        written,
     };
     let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
-    let mut rows = rows.iter().zip(&flags).peekable();
-    while let Some((row, f)) = rows.next() {
+    let mut rows = rows.iter().zip(&flags).enumerate().peekable();
+    while let Some((i, (row, f))) = rows.next() {
         let Some(first_bound) = f.bucket else {
             out.samples.push(MergedSample {
                 row: *row,
+                key: order.key(i),
                 name: SampleName::Key,
                 le: None,
                 value: f.acc.value,
@@ -728,23 +810,25 @@ fn finish(
             });
             out.samples.push(MergedSample {
                 row: *r,
+                key: 0,
                 name: SampleName::Bucket,
                 le: Some(index),
                 value: total,
             });
             bucket = rows
-                .next_if(|(_, f)| f.bucket.is_some() && f.labels_as_prev)
-                .map(|(r, f)| (r, f.bucket.unwrap_or(f64::NAN), f.acc));
+                .next_if(|(_, (_, f))| f.bucket.is_some() && f.labels_as_prev)
+                .map(|(_, (r, f))| (r, f.bucket.unwrap_or(f64::NAN), f.acc));
         }
         out.samples.push(MergedSample {
             row: *row,
+            key: 0,
             name: SampleName::Count,
             le: None,
             value: total,
         });
         // The accumulated `_count` replaces a stored one, as in Python.
         while rows
-            .next_if(|(_, f)| f.labels_as_prev && f.stored_count)
+            .next_if(|(_, (_, f))| f.labels_as_prev && f.stored_count)
             .is_some()
         {}
     }

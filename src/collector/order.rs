@@ -19,27 +19,48 @@ use super::merge::{Arenas, Row};
 /// bits (`u16::MAX` is kept free).
 const RUN: usize = 1 << 15;
 
+/// The ranks of a family's identities (see [`sort_rows`]).
+pub(super) struct Ranks<'i> {
+    /// Per sorted row: its identity as ranks, the label fields from the most significant bits
+    /// down, the rest of the identity in the lowest `tail_bits`.
+    pub(super) keys: Vec<u128>,
+    /// Per label field position (names and values alternate): the bits of its rank, and its
+    /// distinct strings in order (rank 1 first; 0 is "no such field").
+    pub(super) widths: Vec<u32>,
+    pub(super) positions: Vec<Vec<&'i [u8]>>,
+    pub(super) tail_bits: u32,
+    /// The distinct rests of the identities, in order.
+    pub(super) tails: Vec<&'i [u8]>,
+    /// The rank of the rest of a histogram's stored `_count` sample, if a row has it.
+    count_tail: Option<u128>,
+}
+
+impl Ranks<'_> {
+    /// Where position `k`'s rank is in a key: shift and mask.
+    pub(super) fn field(&self, k: usize) -> (u32, u128) {
+        let shift = self.tail_bits + self.widths[k + 1..].iter().sum::<u32>();
+        (shift, low_bits(self.widths[k]))
+    }
+
+    pub(super) fn tail_mask(&self) -> u128 {
+        low_bits(self.tail_bits)
+    }
+}
+
 /// How to tell, after sorting, whether neighbouring rows have the same identity or labels.
-pub(super) enum Order {
-    /// Sorted by ranks: `keys[i]` is row `i`'s identity as ranks, the field positions from the
-    /// most significant bits down, the rest of the identity (its sample name or bound) in the
-    /// lowest `tail_bits`.
-    Ranked {
-        keys: Vec<u128>,
-        tail_bits: u32,
-        /// The rank of the rest of a histogram's stored `_count` sample, if a row has it.
-        count_tail: Option<u128>,
-    },
+pub(super) enum Order<'i> {
+    /// Sorted by ranks.
+    Ranked(Ranks<'i>),
     /// Sorted by comparing the identities.
     Identities,
 }
 
-impl Order {
+impl Order<'_> {
     /// Whether sorted rows `i` and `i - 1` have the same identity (`None`: compare them).
     #[inline]
     pub(super) fn same_as_prev(&self, i: usize) -> Option<bool> {
         match self {
-            Order::Ranked { keys, .. } => Some(i > 0 && keys[i] == keys[i - 1]),
+            Order::Ranked(r) => Some(i > 0 && r.keys[i] == r.keys[i - 1]),
             Order::Identities => None,
         }
     }
@@ -48,9 +69,9 @@ impl Order {
     #[inline]
     pub(super) fn labels_as_prev(&self, i: usize) -> Option<bool> {
         match self {
-            Order::Ranked {
-                keys, tail_bits, ..
-            } => Some(i > 0 && keys[i] >> tail_bits == keys[i - 1] >> tail_bits),
+            Order::Ranked(r) => {
+                Some(i > 0 && r.keys[i] >> r.tail_bits == r.keys[i - 1] >> r.tail_bits)
+            }
             Order::Identities => None,
         }
     }
@@ -59,12 +80,32 @@ impl Order {
     #[inline]
     pub(super) fn is_count(&self, i: usize) -> Option<bool> {
         match self {
-            Order::Ranked {
-                keys,
-                tail_bits,
-                count_tail,
-            } => Some(Some(keys[i] & low_bits(*tail_bits)) == *count_tail),
+            Order::Ranked(r) => Some(Some(r.keys[i] & r.tail_mask()) == r.count_tail),
             Order::Identities => None,
+        }
+    }
+
+    /// Sorted row `i`'s key (0 when not ranked).
+    #[inline]
+    pub(super) fn key(&self, i: usize) -> u128 {
+        match self {
+            Order::Ranked(r) => r.keys[i],
+            Order::Identities => 0,
+        }
+    }
+
+    /// Moves row `from`'s key to `to` (when rows are merged in place).
+    #[inline]
+    pub(super) fn move_key(&mut self, from: usize, to: usize) {
+        if let Order::Ranked(r) = self {
+            r.keys[to] = r.keys[from];
+        }
+    }
+
+    /// Keeps the first `len` keys.
+    pub(super) fn truncate(&mut self, len: usize) {
+        if let Order::Ranked(r) = self {
+            r.keys.truncate(len);
         }
     }
 }
@@ -174,7 +215,7 @@ fn rank_run<'i>(rows: &[Row], arenas: Arenas<'i>) -> Option<Local<'i>> {
 
 /// All distinct strings of one position, sorted: a string's rank is its index plus one (0 is
 /// "no such field").
-fn merge_distinct<'i>(lists: impl Iterator<Item = &'i Vec<&'i [u8]>>) -> Vec<&'i [u8]> {
+fn merge_distinct<'l, 'i: 'l>(lists: impl Iterator<Item = &'l Vec<&'i [u8]>>) -> Vec<&'i [u8]> {
     let mut all: Vec<&[u8]> = lists.flatten().copied().collect();
     all.par_sort_unstable();
     all.dedup();
@@ -183,10 +224,10 @@ fn merge_distinct<'i>(lists: impl Iterator<Item = &'i Vec<&'i [u8]>>) -> Vec<&'i
 
 /// Sorts `rows` by their identities (as `memcmp` orders them), and tells how to compare
 /// neighbours afterwards. `count` is the rest of a histogram's stored `_count` identity.
-pub(super) fn sort_rows(rows: &mut Vec<Row>, arenas: Arenas, count: &[u8]) -> Order {
-    if let Some((keys, tail_bits, count_tail)) = ranked(rows, arenas, count, 128) {
+pub(super) fn sort_rows<'i>(rows: &mut Vec<Row>, arenas: Arenas<'i>, count: &[u8]) -> Order<'i> {
+    if let Some(mut ranks) = ranked(rows, arenas, count, 128) {
         let index_bits = bits_for(rows.len());
-        let mut keyed: Vec<u128> = keys
+        let mut keyed: Vec<u128> = std::mem::take(&mut ranks.keys)
             .into_iter()
             .enumerate()
             .map(|(i, k)| k << index_bits | i as u128)
@@ -199,25 +240,16 @@ pub(super) fn sort_rows(rows: &mut Vec<Row>, arenas: Arenas, count: &[u8]) -> Or
             .collect();
         *rows = sorted;
         keyed.par_iter_mut().for_each(|k| *k >>= index_bits);
-        return Order::Ranked {
-            keys: keyed,
-            tail_bits,
-            count_tail,
-        };
+        ranks.keys = keyed;
+        return Order::Ranked(ranks);
     }
     rows.par_sort_unstable_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
     Order::Identities
 }
 
 /// Each row's identity as ranks, in `max_bits` bits less those that number the rows (`None` if
-/// they do not fit or an identity is not of the expected form), with the bits of the rest and
-/// the rank of `count`'s rest.
-fn ranked(
-    rows: &[Row],
-    arenas: Arenas,
-    count: &[u8],
-    max_bits: u32,
-) -> Option<(Vec<u128>, u32, Option<u128>)> {
+/// they do not fit or an identity is not of the expected form).
+fn ranked<'i>(rows: &[Row], arenas: Arenas<'i>, count: &[u8], max_bits: u32) -> Option<Ranks<'i>> {
     let locals: Vec<Local> = rows
         .par_chunks(RUN)
         .map(|run| rank_run(run, arenas))
@@ -265,7 +297,14 @@ fn ranked(
         })
         .collect();
     let count_tail = tails.binary_search(&count).ok().map(|i| i as u128 + 1);
-    Some((keys.concat(), tail_bits, count_tail))
+    Some(Ranks {
+        keys: keys.concat(),
+        widths,
+        positions: ranked,
+        tail_bits,
+        tails,
+        count_tail,
+    })
 }
 
 #[cfg(test)]
@@ -324,7 +363,7 @@ mod tests {
             let count = b"\x01x_count";
             let mut by_ranks = rows.clone();
             let order = sort_rows(&mut by_ranks, arenas, count);
-            let ranked = matches!(order, Order::Ranked { .. });
+            let ranked = matches!(order, Order::Ranked(_));
             prop_assert!(ranked);
             let mut by_idents = rows.clone();
             by_idents.sort_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
