@@ -636,8 +636,11 @@ fn finish(
 ) -> MergedFamily {
     let histogram = fam.kind == MetricType::Histogram;
     let bucket_of = |key: u32| {
+        if !histogram {
+            return None;
+        }
         let d = &decoded[key];
-        (histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN))
+        d.has_le.then(|| d.le.unwrap_or(f64::NAN))
     };
     // Each series' identity: its key's, unless the family's type is not the one it was made
     // for or the series is a process's (`all` gauges); those are made here, on every core.

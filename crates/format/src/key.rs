@@ -201,6 +201,18 @@ pub fn decode_key_into<'a>(bytes: &'a [u8], key: &mut KeyRef<'a>) -> Result<(), 
         offset: e.valid_up_to(),
         reason: "invalid UTF-8",
     })?;
+    if decode_plain(bytes, text, key).is_some() {
+        return Ok(());
+    }
+    decode_general(bytes, text, key)
+}
+
+/// Decodes any key, `text` being `bytes` checked as UTF-8.
+fn decode_general<'a>(
+    bytes: &'a [u8],
+    text: &'a str,
+    key: &mut KeyRef<'a>,
+) -> Result<(), KeyError> {
     let mut p = Parser {
         b: bytes,
         text,
@@ -258,6 +270,134 @@ pub fn decode_key_into<'a>(bytes: &'a [u8], key: &mut KeyRef<'a>) -> Result<(), 
     key.sample = sample;
     key.help = help;
     Ok(())
+}
+
+/// Decodes a key of exactly the form Python's `json.dumps` writes (`, ` and `: ` between items,
+/// no other space) whose strings have no escape, with label names in order, into `key`: nearly
+/// every key a worker writes. `None` for any other input (`key` then holds parts of it at
+/// best), which the general parser decodes or rejects.
+///
+/// With no backslash in the key, every quote opens or closes a string: the strings are found by
+/// looking for quotes a block at a time, and only the few bytes between them are checked one
+/// by one.
+fn decode_plain<'a>(bytes: &'a [u8], text: &'a str, key: &mut KeyRef<'a>) -> Option<()> {
+    // No escape and no control character (those are errors, for the general parser to name).
+    let special = (0..bytes.len()).step_by(8).fold(0, |any, at| {
+        let w = word_at(bytes, at);
+        any | zero_bytes(w ^ repeat(b'\\')) | zero_bytes(w & repeat(0xe0))
+    });
+    if special != 0 || bytes.first() != Some(&b'[') {
+        return None;
+    }
+    let mut quotes = Quotes::new(bytes);
+    // The string opening at `at`: its text and the position after its closing quote.
+    let mut string = |at: usize| -> Option<(&'a str, usize)> {
+        if quotes.next()? != at {
+            return None;
+        }
+        let end = quotes.next()?;
+        Some((text.get(at + 1..end)?, end + 1))
+    };
+    let follows = |at: usize, what: &[u8]| bytes.get(at..at + what.len()) == Some(what);
+    let (metric, at) = string(1)?;
+    follows(at, b", ").then_some(())?;
+    let (sample, at) = string(at + 2)?;
+    follows(at, b", {").then_some(())?;
+    let mut at = at + 3;
+    key.labels.clear();
+    if follows(at, b"}, ") {
+        at += 3;
+    } else {
+        loop {
+            let (name, after) = string(at)?;
+            follows(after, b": ").then_some(())?;
+            let (value, after) = string(after + 2)?;
+            if key
+                .labels
+                .last()
+                .is_some_and(|(last, _)| name <= last.as_ref())
+            {
+                return None;
+            }
+            key.labels.push((Cow::Borrowed(name), Cow::Borrowed(value)));
+            if follows(after, b", ") {
+                at = after + 2;
+            } else if follows(after, b"}, ") {
+                at = after + 3;
+                break;
+            } else {
+                return None;
+            }
+        }
+    }
+    let (help, at) = string(at)?;
+    (bytes.get(at..) == Some(b"]")).then_some(())?;
+    key.metric = Cow::Borrowed(metric);
+    key.sample = Cow::Borrowed(sample);
+    key.help = Cow::Borrowed(help);
+    Some(())
+}
+
+/// `byte` in each byte of a word.
+const fn repeat(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The high bit of each byte of `x` that is 0, and no other bit.
+fn zero_bytes(x: u64) -> u64 {
+    const LOW7: u64 = repeat(0x7f);
+    !(((x & LOW7) + LOW7) | x | LOW7)
+}
+
+/// The word of `bytes` at `at`, little-endian, padded with spaces past the end.
+#[inline]
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    match bytes.get(at..at + 8) {
+        Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+        None => {
+            let rest = bytes.get(at..).unwrap_or_default();
+            let mut word = [b' '; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(word)
+        }
+    }
+}
+
+/// The positions of the quotes of a byte string, in order, found 8 bytes at a time.
+struct Quotes<'a> {
+    bytes: &'a [u8],
+    /// Where the next word starts, and the quotes of the one before not yet given (the high
+    /// bit of each).
+    next: usize,
+    mask: u64,
+}
+
+impl<'a> Quotes<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Quotes {
+            bytes,
+            next: 0,
+            mask: 0,
+        }
+    }
+}
+
+impl Iterator for Quotes<'_> {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            if self.next >= self.bytes.len() {
+                return None;
+            }
+            self.mask = zero_bytes(word_at(self.bytes, self.next) ^ repeat(b'"'));
+            self.next += 8;
+        }
+        let bit = self.mask.trailing_zeros() as usize;
+        self.mask &= self.mask - 1;
+        Some(self.next - 8 + bit / 8)
+    }
 }
 
 struct Parser<'a> {
@@ -431,6 +571,56 @@ impl<'a> Parser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Decodes `bytes` with the shortcut for plain keys and with the general parser: whatever
+    /// the shortcut decodes, the general parser decodes the same. Returns whether the shortcut
+    /// took it.
+    fn plain_agrees(bytes: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return false;
+        };
+        let mut plain = KeyRef::default();
+        let took = decode_plain(bytes, text, &mut plain).is_some();
+        let mut general = KeyRef::default();
+        let result = decode_general(bytes, text, &mut general);
+        if took {
+            assert_eq!(result, Ok(()), "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(plain, general, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        took
+    }
+
+    proptest! {
+        /// Keys as Python writes them, then with every single-byte edit: each byte deleted,
+        /// and each byte of the JSON syntax, a space, a control character or a letter put in
+        /// its place or before it.
+        #[test]
+        fn plain_keys_decode_as_the_general_parser_decodes_them(
+            metric in "[a-z_]{0,8}",
+            labels in prop::collection::vec(("[a-z_]{0,3}", "[a-z/ \"\\\\\n\u{e9}\u{1f600}]{0,6}"), 0..5),
+            help in "[A-Za-z .\"]{0,12}",
+        ) {
+            let key = encode_key(&metric, &format!("{metric}_total"), &labels, &help);
+            let mut names: Vec<&str> = labels.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
+            let unique = names.windows(2).all(|w| w[0] != w[1]);
+            let took = plain_agrees(key.as_bytes());
+            prop_assert_eq!(took, !key.contains('\\') && unique, "{}", key);
+            for at in 0..key.len() {
+                let mut bytes = key.clone().into_bytes();
+                bytes.remove(at);
+                plain_agrees(&bytes);
+                for &b in b"\"\\,:{}[] a\x01\x00" {
+                    let mut bytes = key.clone().into_bytes();
+                    bytes[at] = b;
+                    plain_agrees(&bytes);
+                    bytes.insert(at, b);
+                    plain_agrees(&bytes);
+                }
+            }
+        }
+    }
 
     #[test]
     fn encodes_like_python() {
