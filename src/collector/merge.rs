@@ -928,12 +928,16 @@ impl Merge<'_> {
         // Per shard: its distinct keys (run, number in the run) in the order met, and every
         // key of the shard as (run, number in the run, number among the shard's distinct).
         type Shard = (Vec<(u32, u32)>, Vec<(u32, u32, u32)>);
+        let total_keys: usize = chunks.iter().map(|c| c.keys.hashes.len()).sum();
         let numbered: Vec<Shard> = (0..shards)
             .into_par_iter()
             .map(|shard| {
-                let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
-                let mut firsts: Vec<(u32, u32)> = Vec::new();
-                let mut refs: Vec<(u32, u32, u32)> = Vec::new();
+                // Each shard gets about its share of the keys.
+                let share = total_keys / shards + total_keys / (8 * shards) + 16;
+                let mut index: hashbrown::HashTable<u32> =
+                    hashbrown::HashTable::with_capacity(share);
+                let mut firsts: Vec<(u32, u32)> = Vec::with_capacity(share);
+                let mut refs: Vec<(u32, u32, u32)> = Vec::with_capacity(share);
                 for (c, chunk) in chunks.iter().enumerate() {
                     for (id, &hash) in chunk.keys.hashes.iter().enumerate() {
                         if shard_of(hash) != shard {

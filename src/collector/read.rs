@@ -106,6 +106,17 @@ impl KeyTable {
         &self.bytes[start..end]
     }
 
+    /// Makes room for `more` keys.
+    fn reserve(&mut self, more: usize) {
+        let hashes = &self.hashes;
+        self.index.reserve(more, |&id| hashes[id as usize]);
+        self.spans.reserve(more);
+        self.hashes.reserve(more);
+        self.kinds.reserve(more);
+        let per_key = self.bytes.len() / self.spans.len().max(1);
+        self.bytes.reserve(more * per_key);
+    }
+
     /// The number of `key`, copied in if it is new.
     fn intern(&mut self, key: &[u8], kind: MetricType) -> u32 {
         let hash = FxBuildHasher.hash_one(key);
@@ -150,12 +161,24 @@ pub(super) fn load_chunk(inputs: &[Input]) -> Chunk {
     let mut keys = KeyTable::default();
     let mut buf = Vec::new();
     let mut files: Vec<Loaded> = Vec::with_capacity(inputs.len());
-    for input in inputs {
+    for (n, input) in inputs.iter().enumerate() {
         let prev = files.iter().rev().find_map(|f| match f {
             Loaded::Entries(e) => Some(&e.keys),
             _ => None,
         });
+        let before = keys.spans.len();
         let loaded = load_file(input, &mut buf, &mut keys, prev);
+        // A file after the first whose keys are mostly new is likely followed by more such
+        // (distinct series per process): make room for as many in each file left, rather than
+        // growing the table again and again.
+        let new = keys.spans.len() - before;
+        let entries = match &loaded {
+            Loaded::Entries(e) => e.values.len(),
+            _ => 0,
+        };
+        if before > 0 && new > 1024 && 2 * new > entries {
+            keys.reserve(new * (inputs.len() - n - 1));
+        }
         files.push(loaded);
     }
     Chunk { keys, files }
