@@ -95,7 +95,9 @@ impl<'k> Decoded<'k> {
         d.has_le = le_label.is_some();
         d.le = le_label.and_then(|(_, v)| parse_le(v));
         let bucket = (kind == MetricType::Histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN));
-        let (ident, zero) = build_ident(arena, arena_id, scratch, kind, bucket, None);
+        // A 0 byte can only come from a `\u0000` escape.
+        let zeros = raw.contains(&b'\\');
+        let (ident, zero) = build_ident(arena, arena_id, scratch, kind, bucket, None, zeros);
         d.ident = ident;
         d.zero = zero;
         d.metric = std::mem::take(&mut scratch.metric);
@@ -122,15 +124,17 @@ fn series_labels<'a>(
         .iter()
         .map(|(n, v)| (n.as_ref(), v.as_ref()))
         .filter(move |(n, _)| Some(*n) != skip);
+    // Without a pid to put in its place, nothing is compared with `pid`.
+    let before_pid = move |(n, _): &(&str, &str)| pid.is_none() || *n < "pid";
     kept.clone()
-        .take_while(|(n, _)| *n < "pid")
+        .take_while(before_pid)
         .chain(pid.map(|p| ("pid", p)))
-        .chain(kept.skip_while(|(n, _)| *n < "pid"))
+        .chain(kept.skip_while(before_pid))
 }
 
 /// Appends to `arena` the identity of the series of `key` in a family of type `kind`: with
 /// `bucket`, a histogram bucket of that bound; with `pid`, an `all`/`liveall` gauge's series of
-/// that process. Also tells whether a string had a 0 byte.
+/// that process; `zeros`: whether a string may have a 0 byte. Also tells whether one had.
 fn build_ident(
     arena: &mut String,
     arena_id: u32,
@@ -138,10 +142,11 @@ fn build_ident(
     kind: MetricType,
     bucket: Option<f64>,
     pid: Option<&str>,
+    zeros: bool,
 ) -> (Row, bool) {
     let labels = series_labels(key, kind, bucket.is_some(), pid);
     let start = arena.len();
-    let (end, mut zero) = sort_key_into(arena, labels, "");
+    let (end, mut zero) = sort_key_into(arena, labels, "", zeros);
     let labels_end = end - start;
     match bucket {
         Some(bound) => {
@@ -150,7 +155,7 @@ fn build_ident(
         }
         None => {
             arena.push('\x01');
-            zero |= escape_zeros(arena, &key.sample);
+            zero |= escape_zeros(arena, &key.sample, zeros);
         }
     }
     let row = Row {
@@ -688,7 +693,7 @@ fn finish(
                 let (row, zero) = if pid.is_none() && d.kind == fam.kind {
                     (d.ident, d.zero)
                 } else {
-                    build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid)
+                    build_ident(&mut own, own_id, &key, fam.kind, bucket_of(k), pid, true)
                 };
                 rows.push(Row { member, ..row });
                 if zero {
@@ -717,7 +722,7 @@ fn finish(
     };
     // A stored `_count` sample, as its identity ends.
     let mut count_ident = String::from("\x01");
-    escape_zeros(&mut count_ident, &format!("{}_count", fam.name));
+    escape_zeros(&mut count_ident, &format!("{}_count", fam.name), true);
     let mut order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
     // What the merge in order needs of each row, found on every core: the rows are read here
     // and only their flags below.
@@ -862,6 +867,7 @@ fn sort_key<N: AsRef<str>, V: AsRef<str>>(labels: &[(N, V)], name: &str) -> (Str
         &mut key,
         labels.iter().map(|(n, v)| (n.as_ref(), v.as_ref())),
         name,
+        true,
     );
     (key, labels_end)
 }
@@ -875,24 +881,26 @@ pub(super) fn sort_key_into<'l>(
     key: &mut String,
     labels: impl IntoIterator<Item = (&'l str, &'l str)>,
     name: &str,
+    zeros: bool,
 ) -> (usize, bool) {
     let mut zero = false;
     for (n, v) in labels {
-        zero |= escape_zeros(key, n);
+        zero |= escape_zeros(key, n, zeros);
         key.push_str("\0\x01");
-        zero |= escape_zeros(key, v);
+        zero |= escape_zeros(key, v, zeros);
         key.push_str("\0\x01");
     }
     // The end of the labels must sort below any label (`00 01` ends the first string of one).
     key.push_str("\0\0");
     let labels_end = key.len();
-    zero |= escape_zeros(key, name);
+    zero |= escape_zeros(key, name, zeros);
     (labels_end, zero)
 }
 
-/// Appends `s` with its 0 bytes written as `00 02`; tells whether it had any.
-fn escape_zeros(key: &mut String, s: &str) -> bool {
-    if !s.as_bytes().contains(&0) {
+/// Appends `s` with its 0 bytes written as `00 02` (if `zeros`: it may have any); tells whether
+/// it had any.
+fn escape_zeros(key: &mut String, s: &str, zeros: bool) -> bool {
+    if !zeros || !s.as_bytes().contains(&0) {
         key.push_str(s);
         return false;
     }

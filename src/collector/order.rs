@@ -324,6 +324,7 @@ mod tests {
                     arena,
                     labels.iter().map(|(n, v)| (n.as_str(), v.as_str())),
                     "",
+                    true,
                 );
                 arena.push('\x01');
                 arena.push_str(name);
