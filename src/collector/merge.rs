@@ -724,8 +724,53 @@ fn finish(
     let mut count_ident = String::from("\x01");
     escape_zeros(&mut count_ident, &format!("{}_count", fam.name), true);
     let mut order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
-    // What the merge in order needs of each row, found on every core: the rows are read here
-    // and only their flags below.
+    let written = match &order {
+        Order::Ranked(ranks) if escaped.is_empty() => Written::new(ranks),
+        _ => None,
+    };
+    let mut out = MergedFamily {
+        bucket_name: format!("{}_bucket", fam.name),
+        count_name: format!("{}_count", fam.name),
+        name: fam.name,
+        help: fam.help,
+        kind: fam.kind,
+        bounds: Vec::new(),
+        arenas: Vec::new(),
+        escaped,
+        samples: Vec::new(),
+        written,
+    };
+    if !histogram {
+        // Keys of one series are next to each other now: merged as they come.
+        let same_as_prev = |i: usize| {
+            i > 0
+                && order
+                    .same_as_prev(i)
+                    .unwrap_or_else(|| rows[i - 1].ident(arenas) == rows[i].ident(arenas))
+        };
+        let sample = |(i, acc): (usize, Acc)| MergedSample {
+            row: rows[i],
+            key: order.key(i),
+            name: SampleName::Key,
+            le: None,
+            value: acc.value,
+        };
+        let mut samples = Vec::with_capacity(rows.len());
+        let mut current: Option<(usize, Acc)> = None;
+        for (i, row) in rows.iter().enumerate() {
+            let acc = members[row.member as usize].2;
+            match &mut current {
+                Some((_, merged)) if same_as_prev(i) => merged.combine(fam.mode, &acc),
+                _ => samples.extend(current.replace((i, acc)).map(sample)),
+            }
+        }
+        samples.extend(current.map(sample));
+        out.samples = samples;
+        out.arenas = own_arenas;
+        return out;
+    }
+    // A histogram's rows: what the merge in order needs of each, found on every core (the rows
+    // are read here and only their flags below).
     let flags: Vec<RowFlags> = (0..rows.len())
         .into_par_iter()
         .map(|i| {
@@ -733,10 +778,9 @@ fn finish(
             let (key, _, acc) = members[row.member as usize];
             let bucket = bucket_of(key);
             let prev = i.checked_sub(1).map(|p| &rows[p]);
-            let labels_as_prev = histogram
-                && order.labels_as_prev(i).unwrap_or_else(|| {
-                    prev.is_some_and(|p| p.labels(arenas) == row.labels(arenas))
-                });
+            let labels_as_prev = order
+                .labels_as_prev(i)
+                .unwrap_or_else(|| prev.is_some_and(|p| p.labels(arenas) == row.labels(arenas)));
             // Keys of one series are next to each other now. Bounds compare as floats, as
             // Python's dict keys do (`-0.0 == 0.0`, `NaN` never equal).
             let same_as_prev = match (bucket, prev) {
@@ -753,10 +797,9 @@ fn finish(
                 bucket,
                 same_as_prev,
                 labels_as_prev,
-                stored_count: histogram
-                    && order.is_count(i).unwrap_or_else(|| {
-                        row.ident(arenas).get(row.labels_end as usize..) == Some(&count_ident[..])
-                    }),
+                stored_count: order.is_count(i).unwrap_or_else(|| {
+                    row.ident(arenas).get(row.labels_end as usize..) == Some(&count_ident[..])
+                }),
             }
         })
         .collect();
@@ -777,22 +820,7 @@ fn finish(
     rows.truncate(kept);
     flags.truncate(kept);
     order.truncate(kept);
-    let written = match &order {
-        Order::Ranked(ranks) if escaped.is_empty() => Written::new(ranks),
-        _ => None,
-    };
-    let mut out = MergedFamily {
-        bucket_name: format!("{}_bucket", fam.name),
-        count_name: format!("{}_count", fam.name),
-        name: fam.name,
-        help: fam.help,
-        kind: fam.kind,
-        bounds: Vec::new(),
-        arenas: Vec::new(),
-        escaped,
-        samples: Vec::with_capacity(kept),
-        written,
-    };
+    out.samples.reserve(kept);
     let mut bounds: FxHashMap<u64, u32> = FxHashMap::default();
     let mut rows = rows.iter().zip(&flags).enumerate().peekable();
     while let Some((i, (row, f))) = rows.next() {
