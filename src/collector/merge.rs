@@ -1071,6 +1071,7 @@ impl Merge<'_> {
         let mut accs: Vec<Acc> = vec![Acc::default(); decoded.len()];
         let mut families: Vec<FamilyAcc> = Vec::new();
         let mut family_index: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut last_family: Option<(&str, u32)> = None;
         for (number, (path, name, entries, ids)) in files.into_iter().enumerate() {
             if let Some(problem) = check_keys(path, name, &entries.keys, ids, &decoded) {
                 bad.push(problem);
@@ -1084,18 +1085,23 @@ impl Merge<'_> {
                 let mut f = family_of[key as usize];
                 if f == UNSEEN {
                     let d = &decoded[key];
-                    f = *family_index.entry(&d.metric).or_insert_with(|| {
-                        // The help of the key that makes the family.
-                        let help = decode_key_ref(d.raw).map(|k| k.help.into_owned());
-                        families.push(FamilyAcc {
-                            name: d.metric.to_string(),
-                            help: help.unwrap_or_default(),
-                            kind,
-                            mode: name.mode,
-                            per_pid: FxHashMap::default(),
-                        });
-                        families.len() as u32 - 1
-                    });
+                    f = match last_family {
+                        // Keys of one family usually follow each other.
+                        Some((name, f)) if name == d.metric => f,
+                        _ => *family_index.entry(&d.metric).or_insert_with(|| {
+                            // The help of the key that makes the family.
+                            let help = decode_key_ref(d.raw).map(|k| k.help.into_owned());
+                            families.push(FamilyAcc {
+                                name: d.metric.to_string(),
+                                help: help.unwrap_or_default(),
+                                kind,
+                                mode: name.mode,
+                                per_pid: FxHashMap::default(),
+                            });
+                            families.len() as u32 - 1
+                        }),
+                    };
+                    last_family = Some((&d.metric, f));
                     family_of[key as usize] = f;
                 }
                 let fam = &mut families[f as usize];
@@ -1129,24 +1135,28 @@ impl Merge<'_> {
 
         stages.lap("merge");
         // 5. Each family's series in order, on every core.
-        let mut members: Vec<Vec<(u32, Option<&str>, Acc)>> = vec![Vec::new(); families.len()];
-        for (key, (&f, acc)) in family_of.iter().zip(&accs).enumerate() {
-            if f != UNSEEN && acc.set {
-                members[f as usize].push((key as u32, None, *acc));
-            }
-        }
-        for (f, fam) in families.iter_mut().enumerate() {
-            members[f].extend(
-                std::mem::take(&mut fam.per_pid)
-                    .into_iter()
-                    .filter(|(_, acc)| acc.set)
-                    .map(|((key, pid), acc)| (key, Some(pid), acc)),
-            );
-        }
+        let (family_of, accs) = (&family_of, &accs);
         let mut merged: Vec<MergedFamily> = families
             .into_par_iter()
-            .zip(members)
-            .map(|(fam, members)| finish(fam, members, &decoded, &arenas))
+            .enumerate()
+            .map(|(f, mut fam)| {
+                // Its keys with a value (and, for `all` gauges, processes), in key order.
+                let f = f as u32;
+                let mut members: Vec<(u32, Option<&str>, Acc)> =
+                    Vec::with_capacity(family_of.iter().filter(|&&g| g == f).count());
+                for (key, &g) in family_of.iter().enumerate() {
+                    if g == f && accs[key].set {
+                        members.push((key as u32, None, accs[key]));
+                    }
+                }
+                members.extend(
+                    std::mem::take(&mut fam.per_pid)
+                        .into_iter()
+                        .filter(|(_, acc)| acc.set)
+                        .map(|((key, pid), acc)| (key, Some(pid), acc)),
+                );
+                finish(fam, members, &decoded, &arenas)
+            })
             .collect();
         merged.sort_by(|a, b| a.name.cmp(&b.name));
         stages.lap("finish");
