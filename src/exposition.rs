@@ -176,6 +176,11 @@ pub(crate) trait Sink {
     fn keeps_all(&self) -> bool {
         false
     }
+    /// Appends a finished piece of text (a writer takes it as it is, without copying it).
+    fn push(&mut self, piece: &str) -> std::io::Result<()> {
+        self.text().push_str(piece);
+        Ok(())
+    }
 }
 
 impl Sink for String {
@@ -217,6 +222,17 @@ impl<W: std::io::Write> Sink for WriteSink<W> {
             self.text.clear();
         }
         Ok(())
+    }
+    fn push(&mut self, piece: &str) -> std::io::Result<()> {
+        if piece.len() < Self::PIECE / 16 {
+            self.text.push_str(piece);
+            return Ok(());
+        }
+        if !self.text.is_empty() {
+            self.out.write_all(self.text.as_bytes())?;
+            self.text.clear();
+        }
+        self.out.write_all(piece.as_bytes())
     }
 }
 
@@ -273,7 +289,7 @@ pub(crate) fn encode_views_to(
                         }
                     });
                 for (text_run, run_deferred) in &buffers {
-                    sink.text().push_str(text_run);
+                    sink.push(text_run)?;
                     deferred.extend_from_slice(run_deferred);
                 }
                 sink.flush()?;
