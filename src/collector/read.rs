@@ -98,6 +98,9 @@ pub(super) struct KeyTable {
     /// The type of the first file each key was met in.
     pub(super) kinds: Vec<MetricType>,
     index: hashbrown::HashTable<u32>,
+    /// Whether keys are looked up before being added: once files bring mostly new keys, they
+    /// are only added (the numbering across runs still finds each key's repeats).
+    unindexed: bool,
 }
 
 impl KeyTable {
@@ -106,10 +109,10 @@ impl KeyTable {
         &self.bytes[start..end]
     }
 
-    /// Makes room for `more` keys.
-    fn reserve(&mut self, more: usize) {
-        let hashes = &self.hashes;
-        self.index.reserve(more, |&id| hashes[id as usize]);
+    /// Stops looking keys up before adding them, and makes room for `more`.
+    fn append_only(&mut self, more: usize) {
+        self.unindexed = true;
+        self.index = hashbrown::HashTable::new();
         self.spans.reserve(more);
         self.hashes.reserve(more);
         self.kinds.reserve(more);
@@ -126,7 +129,16 @@ impl KeyTable {
             hashes,
             kinds,
             index,
+            unindexed,
         } = self;
+        if *unindexed {
+            let id = spans.len() as u32;
+            spans.push((bytes.len(), bytes.len() + key.len()));
+            bytes.extend_from_slice(key);
+            hashes.push(hash);
+            kinds.push(kind);
+            return id;
+        }
         let found = index.entry(
             hash,
             |&id| {
@@ -168,16 +180,16 @@ pub(super) fn load_chunk(inputs: &[Input]) -> Chunk {
         });
         let before = keys.spans.len();
         let loaded = load_file(input, &mut buf, &mut keys, prev);
-        // A file after the first whose keys are mostly new is likely followed by more such
-        // (distinct series per process): make room for as many in each file left, rather than
-        // growing the table again and again.
+        // A file after the first whose keys are nearly all new is likely followed by more such
+        // (distinct series per process): their keys are then added without looking them up,
+        // with room made for as many in each file left.
         let new = keys.spans.len() - before;
         let entries = match &loaded {
             Loaded::Entries(e) => e.values.len(),
             _ => 0,
         };
-        if before > 0 && new > 1024 && 2 * new > entries {
-            keys.reserve(new * (inputs.len() - n - 1));
+        if before > 0 && !keys.unindexed && new > 1024 && 10 * new > 9 * entries {
+            keys.append_only(new * (inputs.len() - n - 1));
         }
         files.push(loaded);
     }
