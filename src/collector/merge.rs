@@ -95,8 +95,10 @@ impl<'k> Decoded<'k> {
         d.has_le = le_label.is_some();
         d.le = le_label.and_then(|(_, v)| parse_le(v));
         let bucket = (kind == MetricType::Histogram && d.has_le).then(|| d.le.unwrap_or(f64::NAN));
-        // A 0 byte can only come from a `\u0000` escape.
-        let zeros = raw.contains(&b'\\');
+        // A 0 byte can only come from a `\u0000` escape, and a string with an escape is owned.
+        let owned = |s: &Cow<str>| matches!(s, Cow::Owned(_));
+        let zeros =
+            owned(&scratch.sample) || scratch.labels.iter().any(|(n, v)| owned(n) || owned(v));
         let (ident, zero) = build_ident(arena, arena_id, scratch, kind, bucket, None, zeros);
         d.ident = ident;
         d.zero = zero;
