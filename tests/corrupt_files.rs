@@ -6,7 +6,6 @@
 mod support;
 
 use std::fs;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_multiproc::collector::{merge_files, BadFileReason, MetricFamily, Scrape};
 use prometheus_multiproc::format::layout;
@@ -14,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::{
     assert_gauge_matches_bad_files, assert_no_bad_files, bad_file, bad_files_gauge, file_bytes,
-    histogram, summary, used_of, value, value_in, DirBuilder, Entry, DEFAULT_BUCKETS,
+    histogram, seed, summary, used_of, value, value_in, DirBuilder, Entry, DEFAULT_BUCKETS,
 };
 
 // ------------------------------------------------------------------ healthy files
@@ -457,16 +456,6 @@ fn non_numeric_le_on_a_counter_is_only_a_label() {
 
 // ------------------------------------------------------------------ random damage
 
-fn seed() -> u64 {
-    match std::env::var("CORRUPT_FILES_SEED") {
-        Ok(s) => s.parse().expect("CORRUPT_FILES_SEED is a u64"),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(42),
-    }
-}
-
 /// Victim files for random damage: their families never share a name with a healthy one, so
 /// that a damaged but still valid victim cannot change a healthy value.
 fn victims() -> Vec<(&'static str, Vec<u8>)> {
@@ -506,8 +495,7 @@ fn victims() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 fn random_byte_flips_never_panic_nor_hide_healthy_files() {
-    let seed = seed();
-    eprintln!("random_byte_flips seed {seed} (CORRUPT_FILES_SEED={seed} reproduces)");
+    let seed = seed("CORRUPT_FILES_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     let healthy = healthy_files();
     let victims = victims();

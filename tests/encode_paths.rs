@@ -9,13 +9,11 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus_multiproc::collector::Collector;
 use prometheus_multiproc::exposition::{encode, Format};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{DirBuilder, Entry};
+use support::{seed, DirBuilder, Entry};
 
 /// Encodes `dir` both ways, in both formats, and asserts they are equal; returns the text.
 fn assert_paths_agree(dir: &DirBuilder) -> String {
@@ -144,22 +142,11 @@ fn samples_the_text_format_moves_out_of_their_family() {
     );
 }
 
-fn seed() -> u64 {
-    match std::env::var("ENCODE_PATHS_SEED") {
-        Ok(s) => s.parse().expect("ENCODE_PATHS_SEED is a u64"),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(42),
-    }
-}
-
 /// Random directories of every type, label names and values drawn from pools of valid,
 /// invalid and special strings, several files each.
 #[test]
 fn random_directories_are_written_the_same_both_ways() {
-    let seed = seed();
-    println!("seed {seed} (set ENCODE_PATHS_SEED={seed} to repeat)");
+    let seed = seed("ENCODE_PATHS_SEED");
     let mut rng = StdRng::seed_from_u64(seed);
     const NAMES: [&str; 8] = ["a", "b", "method", "path", "a-b", "a_b", "pid", "le"];
     const VALUES: [&str; 10] = [

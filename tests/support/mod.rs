@@ -22,6 +22,23 @@ use prometheus_multiproc::format::float::go_float;
 use prometheus_multiproc::format::key::encode_key;
 use prometheus_multiproc::format::layout::{append_entry, write_file};
 
+/// The seed of a randomized test: the `u64` in the environment variable `var`, or else one from
+/// the clock; printed with the way to repeat the run.
+pub fn seed(var: &str) -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let seed = match std::env::var(var) {
+        Ok(s) => s
+            .parse()
+            .unwrap_or_else(|_| panic!("{var} must be a u64, not {s:?}")),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(42),
+    };
+    eprintln!("seed {seed} (set {var}={seed} to repeat)");
+    seed
+}
+
 /// One entry as a tuple: `(metric, sample, labels, help, value, timestamp)`.
 pub type Row<'a> = (
     &'a str,
