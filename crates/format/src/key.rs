@@ -593,6 +593,18 @@ mod tests {
         assert_eq!(key.labels[0].0, "x");
     }
 
+    #[test]
+    fn keys_with_more_labels_than_the_shortcut_holds_are_decoded_whole() {
+        for n in [7, 8, 20] {
+            let labels: Vec<(String, String)> = (0..n)
+                .map(|i| (format!("l{i:02}"), format!("v{i}")))
+                .collect();
+            let key = encode_key("m", "m_total", &labels, "Help.");
+            assert_eq!(plain_agrees(key.as_bytes()), n <= 7, "{n} labels");
+            assert_eq!(decode_key(key.as_bytes()).unwrap().labels, labels);
+        }
+    }
+
     proptest! {
         /// Keys as Python writes them, then with every single-byte edit: each byte deleted,
         /// and each byte of the JSON syntax, a space, a control character or a letter put in
