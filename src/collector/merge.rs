@@ -633,11 +633,40 @@ impl FamilyView for MergedView<'_> {
     }
 }
 
+/// A family's series before they are put in order: its keys with a value, each with the merged
+/// values of its key, then those of `all` and `liveall` gauges, one per key and process.
+struct Members<'a> {
+    keys: Vec<u32>,
+    /// Where the processes' series start among the members, and their pid and values.
+    plain: usize,
+    processes: Vec<(&'a str, Acc)>,
+    /// The merged values of every key.
+    accs: &'a [Acc],
+}
+
+impl<'a> Members<'a> {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn pid(&self, member: usize) -> Option<&'a str> {
+        let process = member.checked_sub(self.plain)?;
+        Some(self.processes[process].0)
+    }
+
+    fn acc(&self, member: usize) -> Acc {
+        match member.checked_sub(self.plain) {
+            Some(process) => self.processes[process].1,
+            None => self.accs[self.keys[member] as usize],
+        }
+    }
+}
+
 /// Finishes a family: its series in order, keys of one series merged, histogram buckets
 /// accumulated by bound with their `_count`.
 fn finish(
     fam: FamilyAcc,
-    members: Vec<(u32, Option<&str>, Acc)>,
+    members: Members,
     decoded: &Runs<Decoded>,
     key_arenas: &[String],
 ) -> MergedFamily {
@@ -651,24 +680,23 @@ fn finish(
     };
     // Each series' identity: its key's, unless the family's type is not the one it was made
     // for or the series is a process's (`all` gauges); those are made here, on every core.
-    let reusable = |&(k, pid, _): &(u32, Option<&str>, Acc)| {
-        let d = &decoded[k];
-        pid.is_none() && d.kind == fam.kind && !d.zero
+    let reusable = |member: usize| {
+        let d = &decoded[members.keys[member]];
+        members.pid(member).is_none() && d.kind == fam.kind && !d.zero
     };
-    let mut rows: Vec<Row> = members
-        .par_iter()
-        .enumerate()
-        .map(|(member, m)| Row {
+    let mut rows: Vec<Row> = (0..members.len())
+        .into_par_iter()
+        .map(|member| Row {
             member: member as u32,
-            ..match reusable(m) {
-                true => decoded[m.0].ident,
+            ..match reusable(member) {
+                true => decoded[members.keys[member]].ident,
                 false => Row::default(),
             }
         })
         .collect();
     let others: Vec<u32> = (0..members.len() as u32)
         .into_par_iter()
-        .filter(|&member| !reusable(&members[member as usize]))
+        .filter(|&member| !reusable(member as usize))
         .collect();
     const RUN: usize = 4096;
     type Built = (
@@ -686,7 +714,7 @@ fn finish(
             let mut key = KeyRef::default();
             let own_id = (key_arenas.len() + run_id) as u32;
             for &member in run {
-                let (k, pid, _) = members[member as usize];
+                let (k, pid) = (members.keys[member as usize], members.pid(member as usize));
                 let d = &decoded[k];
                 // Checked before the merge: this decodes.
                 if decode_key_into(d.raw, &mut key).is_err() {
@@ -760,7 +788,7 @@ fn finish(
         let mut samples = Vec::with_capacity(rows.len());
         let mut current: Option<(usize, Acc)> = None;
         for (i, row) in rows.iter().enumerate() {
-            let acc = members[row.member as usize].2;
+            let acc = members.acc(row.member as usize);
             match &mut current {
                 Some((_, merged)) if same_as_prev(i) => merged.combine(fam.mode, &acc),
                 _ => samples.extend(current.replace((i, acc)).map(sample)),
@@ -777,7 +805,10 @@ fn finish(
         .into_par_iter()
         .map(|i| {
             let row = &rows[i];
-            let (key, _, acc) = members[row.member as usize];
+            let (key, acc) = (
+                members.keys[row.member as usize],
+                members.acc(row.member as usize),
+            );
             let bucket = bucket_of(key);
             let prev = i.checked_sub(1).map(|p| &rows[p]);
             let labels_as_prev = order
@@ -788,7 +819,7 @@ fn finish(
             let same_as_prev = match (bucket, prev) {
                 (_, None) => false,
                 (Some(bound), Some(p)) => {
-                    labels_as_prev && bucket_of(members[p.member as usize].0) == Some(bound)
+                    labels_as_prev && bucket_of(members.keys[p.member as usize]) == Some(bound)
                 }
                 (None, Some(p)) => order
                     .same_as_prev(i)
@@ -1144,19 +1175,28 @@ impl Merge<'_> {
             .map(|(f, mut fam)| {
                 // Its keys with a value (and, for `all` gauges, processes), in key order.
                 let f = f as u32;
-                let mut members: Vec<(u32, Option<&str>, Acc)> =
+                let mut keys: Vec<u32> =
                     Vec::with_capacity(family_of.iter().filter(|&&g| g == f).count());
                 for (key, &g) in family_of.iter().enumerate() {
                     if g == f && accs[key].set {
-                        members.push((key as u32, None, accs[key]));
+                        keys.push(key as u32);
                     }
                 }
-                members.extend(
-                    std::mem::take(&mut fam.per_pid)
-                        .into_iter()
-                        .filter(|(_, acc)| acc.set)
-                        .map(|((key, pid), acc)| (key, Some(pid), acc)),
-                );
+                let plain = keys.len();
+                let processes: Vec<(&str, Acc)> = std::mem::take(&mut fam.per_pid)
+                    .into_iter()
+                    .filter(|(_, acc)| acc.set)
+                    .map(|((key, pid), acc)| {
+                        keys.push(key);
+                        (pid, acc)
+                    })
+                    .collect();
+                let members = Members {
+                    keys,
+                    plain,
+                    processes,
+                    accs,
+                };
                 finish(fam, members, &decoded, &arenas)
             })
             .collect();
