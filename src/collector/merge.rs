@@ -68,6 +68,12 @@ fn parse_le(s: &str) -> Option<f64> {
 }
 
 impl<'k> Decoded<'k> {
+    /// Whether the key makes a file bad: it could not be decoded, or its `le` is not a number
+    /// (in a histogram's file; see [`check_keys`]).
+    fn suspect(&self) -> bool {
+        self.error.is_some() || (self.has_le && self.le.is_none())
+    }
+
     /// Checks `raw` (decoding it into `scratch`), and appends the identity of its series in a
     /// family of type `kind` to `arena` (number `arena_id`).
     fn new(
@@ -1054,7 +1060,7 @@ impl Merge<'_> {
         // 3. Decode the distinct keys, in parallel.
         let (tables, loaded): (Vec<KeyTable>, Vec<Vec<Loaded>>) =
             chunks.into_iter().map(|c| (c.keys, c.files)).unzip();
-        let runs: Vec<(String, Vec<Decoded>)> = distinct
+        let runs: Vec<(String, Vec<Decoded>, bool)> = distinct
             .par_chunks(Runs::<Decoded>::LEN)
             .enumerate()
             .map(|(arena_id, run)| {
@@ -1073,11 +1079,15 @@ impl Merge<'_> {
                             arena_id as u32,
                         )
                     })
-                    .collect();
-                (arena, decoded)
+                    .collect::<Vec<_>>();
+                let suspect = decoded.iter().any(Decoded::suspect);
+                (arena, decoded, suspect)
             })
             .collect();
-        let (arenas, decoded): (Vec<String>, Vec<Vec<Decoded>>) = runs.into_iter().unzip();
+        // Whether any key can make a file bad (nearly never): if not, none is looked for.
+        let suspect = runs.iter().any(|(_, _, suspect)| *suspect);
+        let (arenas, decoded): (Vec<String>, Vec<Vec<Decoded>>) =
+            runs.into_iter().map(|(a, d, _)| (a, d)).unzip();
         let decoded = Runs(decoded);
         let mut bad = Vec::new();
         let mut files = Vec::with_capacity(self.inputs.len());
@@ -1106,7 +1116,10 @@ impl Merge<'_> {
         let mut family_index: FxHashMap<&str, u32> = FxHashMap::default();
         let mut last_family: Option<(&str, u32)> = None;
         for (number, (path, name, entries, ids)) in files.into_iter().enumerate() {
-            if let Some(problem) = check_keys(path, name, &entries.keys, ids, &decoded) {
+            let problem = suspect
+                .then(|| check_keys(path, name, &entries.keys, ids, &decoded))
+                .flatten();
+            if let Some(problem) = problem {
                 bad.push(problem);
                 continue;
             }
