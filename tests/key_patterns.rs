@@ -111,3 +111,44 @@ fn the_same_keys_in_the_same_order_then_new_keys_then_both() {
     files.push(same);
     check(&files);
 }
+
+#[test]
+fn series_with_too_many_distinct_labels_to_rank_are_ordered_and_summed_all_the_same() {
+    // 14 labels of 300 distinct values each: their ranks take more than 128 bits, so the family
+    // is sorted by comparing identities. Two files hold every series, in opposite orders.
+    let names: Vec<String> = (0..14).map(|l| format!("l{l:02}")).collect();
+    let series = |n: usize| -> Vec<(String, String)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(l, name)| (name.clone(), format!("{:03}", (n * 7 + l * 13) % 300)))
+            .collect()
+    };
+    let dir = DirBuilder::new();
+    for (f, order) in [
+        (1, (0..300).collect::<Vec<_>>()),
+        (2, (0..300).rev().collect()),
+    ] {
+        let entries: Vec<Entry> = order
+            .iter()
+            .map(|&n| Entry::new("wide", "wide_total", &series(n), "Wide.", f as f64, 0.0))
+            .collect();
+        dir.entries(&format!("counter_{f}.db"), &entries);
+    }
+    let scrape = Collector::new(dir.path()).collect().expect("collect");
+    assert_no_bad_files(&scrape);
+    let family = scrape
+        .families
+        .iter()
+        .find(|f| f.name == "wide")
+        .expect("family");
+    assert_eq!(family.samples.len(), 300);
+    let mut want: Vec<Vec<(String, String)>> = (0..300).map(series).collect();
+    want.sort();
+    let got: Vec<Vec<(String, String)>> = family.samples.iter().map(|s| s.labels.clone()).collect();
+    assert_eq!(got, want, "sorted by labels");
+    assert!(
+        family.samples.iter().all(|s| s.value == 3.0),
+        "1 + 2 for every series"
+    );
+}

@@ -402,6 +402,8 @@ pub(super) struct MergedFamily {
     /// Sample names and labels of the rows whose identities cannot give them back (a string
     /// with a 0 byte, escaped there), by member.
     escaped: FxHashMap<u32, (String, Vec<(String, String)>)>,
+    /// Its series' rows, by member.
+    rows: Vec<Row>,
     samples: Vec<MergedSample>,
     /// The label text of a family sorted by ranks, each distinct name and value written once.
     written: Option<Written>,
@@ -459,7 +461,8 @@ impl Written {
 /// label of a bucket.
 #[derive(Clone, Copy)]
 struct MergedSample {
-    row: Row,
+    /// Its row, among the family's `rows`.
+    row: u32,
     /// The row's identity as ranks, if the family was sorted by ranks.
     key: u128,
     name: SampleName,
@@ -590,12 +593,13 @@ impl FamilyView for MergedView<'_> {
     fn sample<'s>(&'s self, i: usize, labels: &mut Vec<(&'s str, &'s str)>) -> (&'s str, f64) {
         let fam = self.family;
         let s = &fam.samples[i];
-        let ident = s.row.ident(self.arenas);
-        let name = match parse_ident(ident, s.row.labels_end as usize, labels) {
+        let row = &fam.rows[s.row as usize];
+        let ident = row.ident(self.arenas);
+        let name = match parse_ident(ident, row.labels_end as usize, labels) {
             Some(name) => name.unwrap_or_default(),
             None => {
                 labels.clear();
-                match fam.escaped.get(&s.row.member) {
+                match fam.escaped.get(&row.member) {
                     Some((name, escaped)) => {
                         labels.extend(escaped.iter().map(|(n, v)| (n.as_str(), v.as_str())));
                         name.as_str()
@@ -759,7 +763,7 @@ fn finish(
     // A stored `_count` sample, as its identity ends.
     let mut count_ident = String::from("\x01");
     escape_zeros(&mut count_ident, &format!("{}_count", fam.name), true);
-    let mut order = sort_rows(&mut rows, arenas, count_ident.as_bytes());
+    let (mut order, sorted) = sort_rows(&rows, arenas, count_ident.as_bytes());
     let written = match &order {
         Order::Ranked(ranks) if escaped.is_empty() => Written::new(ranks),
         _ => None,
@@ -773,19 +777,21 @@ fn finish(
         bounds: Vec::new(),
         arenas: Vec::new(),
         escaped,
+        rows: Vec::new(),
         samples: Vec::new(),
         written,
     };
     if !histogram {
         // Keys of one series are next to each other now: merged as they come.
+        let ident = |i: usize| rows[sorted[i] as usize].ident(arenas);
         let same_as_prev = |i: usize| {
             i > 0
                 && order
                     .same_as_prev(i)
-                    .unwrap_or_else(|| rows[i - 1].ident(arenas) == rows[i].ident(arenas))
+                    .unwrap_or_else(|| ident(i - 1) == ident(i))
         };
         let sample = |(i, acc): (usize, Acc)| MergedSample {
-            row: rows[i],
+            row: sorted[i],
             key: order.key(i),
             name: SampleName::Key,
             le: None,
@@ -793,8 +799,9 @@ fn finish(
         };
         let mut samples = Vec::with_capacity(rows.len());
         let mut current: Option<(usize, Acc)> = None;
-        for (i, row) in rows.iter().enumerate() {
-            let acc = members.acc(row.member as usize);
+        for (i, &member) in sorted.iter().enumerate() {
+            // A row's index is its member's.
+            let acc = members.acc(member as usize);
             match &mut current {
                 Some((_, merged)) if same_as_prev(i) => merged.combine(fam.mode, &acc),
                 _ => samples.extend(current.replace((i, acc)).map(sample)),
@@ -802,9 +809,12 @@ fn finish(
         }
         samples.extend(current.map(sample));
         out.samples = samples;
+        out.rows = rows;
         out.arenas = own_arenas;
         return out;
     }
+    let by_member = rows;
+    let mut rows: Vec<Row> = sorted.par_iter().map(|&m| by_member[m as usize]).collect();
     // A histogram's rows: what the merge in order needs of each, found on every core (the rows
     // are read here and only their flags below).
     let flags: Vec<RowFlags> = (0..rows.len())
@@ -865,7 +875,7 @@ fn finish(
     while let Some((i, (row, f))) = rows.next() {
         let Some(first_bound) = f.bucket else {
             out.samples.push(MergedSample {
-                row: *row,
+                row: row.member,
                 key: order.key(i),
                 name: SampleName::Key,
                 le: None,
@@ -884,7 +894,7 @@ fn finish(
                 next
             });
             out.samples.push(MergedSample {
-                row: *r,
+                row: r.member,
                 key: 0,
                 name: SampleName::Bucket,
                 le: Some(index),
@@ -895,7 +905,7 @@ fn finish(
                 .map(|(_, (r, f))| (r, f.bucket.unwrap_or(f64::NAN), f.acc));
         }
         out.samples.push(MergedSample {
-            row: *row,
+            row: row.member,
             key: 0,
             name: SampleName::Count,
             le: None,
@@ -908,6 +918,7 @@ fn finish(
         {}
     }
     drop(rows);
+    out.rows = by_member;
     out.arenas = own_arenas;
     out
 }

@@ -222,9 +222,14 @@ fn merge_distinct<'l, 'i: 'l>(lists: impl Iterator<Item = &'l Vec<&'i [u8]>>) ->
     all
 }
 
-/// Sorts `rows` by their identities (as `memcmp` orders them), and tells how to compare
-/// neighbours afterwards. `count` is the rest of a histogram's stored `_count` identity.
-pub(super) fn sort_rows<'i>(rows: &mut Vec<Row>, arenas: Arenas<'i>, count: &[u8]) -> Order<'i> {
+/// Puts `rows` in the order of their identities (as `memcmp` orders them): the indices of the
+/// rows in that order, and how to compare neighbours. `count` is the rest of a histogram's
+/// stored `_count` identity.
+pub(super) fn sort_rows<'i>(
+    rows: &[Row],
+    arenas: Arenas<'i>,
+    count: &[u8],
+) -> (Order<'i>, Vec<u32>) {
     if let Some(mut ranks) = ranked(rows, arenas, count, 128) {
         let index_bits = bits_for(rows.len());
         let mut keyed: Vec<u128> = std::mem::take(&mut ranks.keys)
@@ -234,17 +239,18 @@ pub(super) fn sort_rows<'i>(rows: &mut Vec<Row>, arenas: Arenas<'i>, count: &[u8
             .collect();
         keyed.par_sort_unstable();
         let index = low_bits(index_bits);
-        let sorted: Vec<Row> = keyed
-            .par_iter()
-            .map(|k| rows[(k & index) as usize])
-            .collect();
-        *rows = sorted;
+        let order: Vec<u32> = keyed.par_iter().map(|k| (k & index) as u32).collect();
         keyed.par_iter_mut().for_each(|k| *k >>= index_bits);
         ranks.keys = keyed;
-        return Order::Ranked(ranks);
+        return (Order::Ranked(ranks), order);
     }
-    rows.par_sort_unstable_by(|a, b| a.ident(arenas).cmp(b.ident(arenas)));
-    Order::Identities
+    let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+    order.par_sort_unstable_by(|&a, &b| {
+        rows[a as usize]
+            .ident(arenas)
+            .cmp(rows[b as usize].ident(arenas))
+    });
+    (Order::Identities, order)
 }
 
 /// Each row's identity as ranks, in `max_bits` bits less those that number the rows (`None` if
@@ -362,8 +368,8 @@ mod tests {
             let rows = rows_of(&series, &mut arena);
             let arenas = Arenas { keys: std::slice::from_ref(&arena), own: &[] };
             let count = b"\x01x_count";
-            let mut by_ranks = rows.clone();
-            let order = sort_rows(&mut by_ranks, arenas, count);
+            let (order, sorted) = sort_rows(&rows, arenas, count);
+            let by_ranks: Vec<Row> = sorted.iter().map(|&i| rows[i as usize]).collect();
             let ranked = matches!(order, Order::Ranked(_));
             prop_assert!(ranked);
             let mut by_idents = rows.clone();
@@ -433,11 +439,9 @@ mod tests {
             keys: std::slice::from_ref(&arena),
             own: &[],
         };
-        let mut rows = vec![bad, good];
-        assert!(matches!(
-            sort_rows(&mut rows, arenas, b""),
-            Order::Identities
-        ));
-        assert_eq!(rows[0].member, 0);
+        let rows = vec![bad, good];
+        let (order, sorted) = sort_rows(&rows, arenas, b"");
+        assert!(matches!(order, Order::Identities));
+        assert_eq!(sorted, vec![1, 0]);
     }
 }
