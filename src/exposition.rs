@@ -123,17 +123,14 @@ pub(crate) fn label_name_piece(first: bool, name: &str) -> Option<String> {
         return None;
     }
     let mut piece = String::with_capacity(name.len() + 3);
-    piece.push(if first { '{' } else { ',' });
-    piece.push_str(name);
-    piece.push_str("=\"");
+    write_label_name(&mut piece, first, name);
     Some(piece)
 }
 
 /// How a label value is written in a sample line, with its closing quote.
 pub(crate) fn label_value_piece(value: &str) -> String {
     let mut piece = String::with_capacity(value.len() + 1);
-    write_escaped(&mut piece, value, true);
-    piece.push('"');
+    write_label_value(&mut piece, value);
     piece
 }
 
@@ -357,9 +354,7 @@ fn write_samples(
                 for piece in &pieces {
                     out.push_str(piece);
                 }
-                out.push(' ');
-                write_value(out, value);
-                out.push('\n');
+                end_sample(out, value);
             }
             None => write_sample(out, name, &labels, value),
         }
@@ -439,6 +434,11 @@ fn write_header(
 fn write_sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     write_name(out, name, "", NameKind::Metric);
     write_labels(out, labels);
+    end_sample(out, value);
+}
+
+/// Ends a sample line after its labels: ` value` and the newline.
+fn end_sample(out: &mut String, value: f64) {
     out.push(' ');
     write_value(out, value);
     out.push('\n');
@@ -490,7 +490,6 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
         return;
     }
-    out.push('{');
     // Two names can only become equal if at least one of them was escaped.
     let mut escaped_before = false;
     for (index, (name, value)) in labels.iter().enumerate() {
@@ -504,15 +503,23 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
             continue;
         }
         escaped_before |= escaped;
-        if index > 0 {
-            out.push(',');
-        }
-        write_name(out, name, "", NameKind::Label);
-        out.push_str("=\"");
-        write_escaped(out, value, true);
-        out.push('"');
+        write_label_name(out, index == 0, name);
+        write_label_value(out, value);
     }
     out.push('}');
+}
+
+/// Writes `{name="` for the first label, `,name="` for the others.
+fn write_label_name(out: &mut String, first: bool, name: &str) {
+    out.push(if first { '{' } else { ',' });
+    write_name(out, name, "", NameKind::Label);
+    out.push_str("=\"");
+}
+
+/// Writes a label's value, escaped, and its closing quote.
+fn write_label_value(out: &mut String, value: &str) {
+    write_escaped(out, value, true);
+    out.push('"');
 }
 
 /// Appends `s` with `\` and newlines escaped, and `"` too if `quote`.

@@ -123,42 +123,24 @@ impl KeyTable {
     /// The number of `key`, copied in if it is new.
     fn intern(&mut self, key: &[u8], kind: MetricType) -> u32 {
         let hash = FxBuildHasher.hash_one(key);
-        let KeyTable {
-            bytes,
-            spans,
-            hashes,
-            kinds,
-            index,
-            unindexed,
-        } = self;
-        if *unindexed {
-            let id = spans.len() as u32;
-            spans.push((bytes.len(), bytes.len() + key.len()));
-            bytes.extend_from_slice(key);
-            hashes.push(hash);
-            kinds.push(kind);
-            return id;
-        }
-        let found = index.entry(
-            hash,
-            |&id| {
-                let (start, end) = spans[id as usize];
-                &bytes[start..end] == key
-            },
-            |&id| hashes[id as usize],
-        );
-        match found {
-            hashbrown::hash_table::Entry::Occupied(o) => *o.get(),
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                let id = spans.len() as u32;
-                spans.push((bytes.len(), bytes.len() + key.len()));
-                bytes.extend_from_slice(key);
-                hashes.push(hash);
-                kinds.push(kind);
-                v.insert(id);
-                id
+        if !self.unindexed {
+            let found = self.index.find(hash, |&id| self.key(id) == key);
+            if let Some(&id) = found {
+                return id;
             }
         }
+        let id = self.spans.len() as u32;
+        self.spans
+            .push((self.bytes.len(), self.bytes.len() + key.len()));
+        self.bytes.extend_from_slice(key);
+        self.hashes.push(hash);
+        self.kinds.push(kind);
+        if !self.unindexed {
+            let hashes = &self.hashes;
+            self.index
+                .insert_unique(hash, id, |&id| hashes[id as usize]);
+        }
+        id
     }
 }
 
