@@ -15,7 +15,7 @@ use prometheus_multiproc::collector::Collector;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use support::{assert_no_bad_files, DirBuilder, Entry};
+use support::{assert_no_bad_files, family, DirBuilder, Entry};
 
 /// The key of series `n`.
 fn entry(n: usize, value: f64) -> Entry {
@@ -49,11 +49,7 @@ fn check(files: &[Vec<usize>]) {
     }
     let scrape = Collector::new(dir.path()).collect().expect("collect");
     assert_no_bad_files(&scrape);
-    let family = scrape
-        .families
-        .iter()
-        .find(|f| f.name == "pattern")
-        .expect("the family");
+    let family = family(&scrape, "pattern").expect("the family");
     assert_eq!(family.samples.len(), want.len(), "one sample per series");
     for sample in &family.samples {
         let path = &sample
@@ -137,11 +133,7 @@ fn series_with_too_many_distinct_labels_to_rank_are_ordered_and_summed_all_the_s
     }
     let scrape = Collector::new(dir.path()).collect().expect("collect");
     assert_no_bad_files(&scrape);
-    let family = scrape
-        .families
-        .iter()
-        .find(|f| f.name == "wide")
-        .expect("family");
+    let family = family(&scrape, "wide").expect("the family");
     assert_eq!(family.samples.len(), 300);
     let mut want: Vec<Vec<(String, String)>> = (0..300).map(series).collect();
     want.sort();
